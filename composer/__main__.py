@@ -1,0 +1,7 @@
+"""`python -m composer` is the `composer` command."""
+
+import sys
+
+from composer.cli import main
+
+sys.exit(main())

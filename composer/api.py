@@ -1,0 +1,261 @@
+"""The Python API, mirroring the CLI verbs, for notebooks and scripts.
+
+    from composer import api
+    result = api.run(["task=fill-mask", "model=tiny-fill-mask", "input=inline", "input.records=[Hi [MASK]]"])
+    result.outputs()          # the records of outputs.jsonl
+    result.metrics()["throughput"]
+
+`execute_config` is the one place a run happens; the CLI's Hydra job calls it too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from composer import runstore
+from composer.configuration import compose_config
+from composer.graph import ExecutionStats, Graph, RunAborted, execute, plan as plan_graph
+from composer.metrics import QualityAccumulator, latency_summary
+from composer.records import canonical_json
+from composer.schema import ConfigError, validate
+from composer.tasks import LABELLED_TASKS
+
+EXIT_OK, EXIT_RECORD_ERRORS, EXIT_CONFIG, EXIT_ABORTED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+
+@dataclass
+class RunResult:
+    """A finished (or stopped) run: its folder and how it ended. Everything else is read from disk."""
+
+    run_dir: Path
+    status: str
+    exit_code: int
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RunResult:
+        manifest = runstore.read_json(Path(run_dir) / runstore.MANIFEST)
+        return cls(Path(run_dir), manifest["status"], manifest.get("exit_code", EXIT_FAILED))
+
+    def manifest(self) -> dict[str, Any]:
+        return runstore.read_json(self.run_dir / runstore.MANIFEST)
+
+    def metrics(self) -> dict[str, Any]:
+        return runstore.read_json(self.run_dir / runstore.METRICS)
+
+    def outputs(self) -> list[dict[str, Any]]:
+        return runstore.read_jsonl(self.run_dir / runstore.OUTPUTS)
+
+    def errors(self) -> list[dict[str, Any]]:
+        return runstore.read_jsonl(self.run_dir / runstore.ERRORS)
+
+    def config(self) -> dict[str, Any]:
+        return OmegaConf.to_container(OmegaConf.load(self.run_dir / runstore.CONFIG))
+
+
+def compose(overrides: Sequence[str] = (), config_path: Path | None = None) -> dict[str, Any]:
+    """The validated, resolved config for these overrides; raises ConfigError listing every issue."""
+    return _compose(overrides, config_path)[0]
+
+
+def _compose(overrides: Sequence[str], config_path: Path | None) -> tuple[dict[str, Any], Any]:
+    composed = compose_config(list(overrides), config_path)
+    issues = list(composed.issues)
+    if composed.plain is not None:
+        issues += validate(composed.plain)
+    if issues:
+        # A key reported by composition (e.g. a required value) is not reported again by the schema.
+        first_per_path = {issue.path: issue for issue in reversed(issues)}
+        raise ConfigError([issue for issue in issues if first_per_path[issue.path] is issue])
+    return composed.plain, composed.cfg
+
+
+def plan(overrides: Sequence[str] = (), deep: bool = False, config_path: Path | None = None) -> tuple[dict[str, Any], Graph]:
+    """Validate and build the stage graph without loading models; `deep` adds the checks that
+    import transformers (task parameters, quantization arguments, model availability)."""
+    config, _ = _compose(overrides, config_path)
+    graph = plan_graph(config)
+    if deep:
+        deep_check(graph)
+    return config, graph
+
+
+def deep_check(graph: Graph) -> None:
+    issues = [issue for stage in graph.model_stages() for issue in stage.check()]
+    if issues:
+        raise ConfigError(issues)
+
+
+def run(overrides: Sequence[str] = (), run_dir: str | Path | None = None, config_path: Path | None = None) -> RunResult:
+    """Compose, check and execute a run; the folder defaults to runs/<name>/<timestamp>."""
+    config, cfg = _compose(overrides, config_path)
+    if run_dir is None:
+        stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+        run_dir = Path(config["runs_root"]) / str(config["name"]) / stamp
+    run_dir = Path(run_dir)
+    run_dir.joinpath(".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / ".hydra" / "overrides.yaml")
+    return execute_config(config, run_dir, list(overrides))
+
+
+def _progress(enabled: bool | None, total: int | None):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    show = console.is_terminal if enabled is None else enabled
+    columns = [TextColumn("[bold]records"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    progress = Progress(*columns, console=console, disable=not show, transient=False)
+    return progress, progress.add_task("records", total=total, rate="")
+
+
+def _device_facts() -> dict[str, Any]:
+    import torch
+
+    facts: dict[str, Any] = {"cuda_available": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        facts["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        facts["cuda_version"] = torch.version.cuda
+    return facts
+
+
+def _peak_memory() -> dict[str, Any]:
+    import torch
+
+    peak = {"rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if torch.cuda.is_available():
+        peak["cuda_bytes"] = int(torch.cuda.max_memory_allocated())
+    return peak
+
+
+def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) -> RunResult:
+    """Run a validated config into `run_dir`. Config mistakes raise ConfigError before anything
+    loads; every other outcome is recorded in the manifest and returned."""
+    from composer.repro import git_state, package_versions, platform_info, seed_everything
+    from composer.runtime import set_threads
+
+    graph = plan_graph(config, run_dir=str(run_dir))
+    deep_check(graph)
+    runstore.prepare(run_dir)
+    started_at = dt.datetime.now(dt.timezone.utc)
+    wall_started = time.perf_counter()
+    OmegaConf.save(OmegaConf.create(config), run_dir / runstore.CONFIG)
+    (run_dir / runstore.ERRORS).touch()
+    manifest: dict[str, Any] = {
+        "status": "running",
+        "name": config["name"],
+        "task": config["task"],
+        "started_at": started_at.isoformat(),
+        "config_sha256": hashlib.sha256(canonical_json(config).encode()).hexdigest(),
+        "overrides": overrides,
+        "seed": config["seed"],
+        "versions": package_versions(),
+        "git": git_state(Path.cwd()),
+        "platform": platform_info(),
+    }
+    runstore.write_json(run_dir / runstore.MANIFEST, manifest)
+    errors = runstore.JsonlAppender(run_dir / runstore.ERRORS)
+    qualities = {
+        stage.name: QualityAccumulator(stage.output_field)
+        for stage in graph.model_stages()
+        if stage.task in LABELLED_TASKS and config["input"].get("label_field")
+    }
+    stats = ExecutionStats()
+    status, exit_code, error_info = "failed", EXIT_FAILED, None
+    try:
+        seed_everything(config["seed"])
+        manifest["threads"] = set_threads(config["threads"])
+        manifest["device"] = _device_facts()
+        setup_started = time.perf_counter()
+        for stage in graph.stages():
+            stage.setup()
+        manifest["setup_seconds"] = time.perf_counter() - setup_started
+        manifest["input"] = graph.source.data_fingerprint()
+        progress, task_id = _progress(config["progress"], graph.source.total())
+        with progress:
+            def advance(n: int) -> None:
+                done = progress.tasks[0].completed + n
+                elapsed = max(progress.tasks[0].elapsed or 0.0, 1e-9)
+                progress.update(task_id, completed=done, rate=f"{done / elapsed:.1f}/s")
+
+            execute(
+                graph,
+                stats,
+                config["batch_size"],
+                errors.write_many,
+                on_error=config["on_error"],
+                max_errors=config["max_errors"],
+                advance=advance,
+                on_batch=lambda records: [q.add(records) for q in qualities.values()],
+            )
+        status = "complete" if stats.records_failed == 0 else "completed_with_errors"
+        exit_code = EXIT_OK if stats.records_failed == 0 else EXIT_RECORD_ERRORS
+    except RunAborted as error:
+        status, exit_code, error_info = "aborted", EXIT_ABORTED, {"type": "RunAborted", "message": str(error)}
+    except KeyboardInterrupt:
+        status, exit_code, error_info = "interrupted", EXIT_INTERRUPTED, {"type": "KeyboardInterrupt", "message": "interrupted"}
+    except Exception as error:  # noqa: BLE001 - recorded in the manifest and reported without a traceback
+        error_info = {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc()}
+    finally:
+        errors.close()
+        for stage in graph.stages():
+            manifest.setdefault("stages", {})[stage.name] = _stage_facts(graph, stage)
+        for stage in graph.stages():
+            stage.close()
+    wall = time.perf_counter() - wall_started
+    metrics = _metrics(graph, stats, qualities)
+    runstore.write_json(run_dir / runstore.METRICS, metrics)
+    manifest.update(
+        status=status,
+        exit_code=exit_code,
+        finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+        counts={"records_in": stats.records_in, "records_ok": stats.records_ok,
+                "records_failed": stats.records_failed, "batches": stats.batches},
+        timings={"wall_seconds": wall, "processing_seconds": stats.seconds, "stage_seconds": stats.stage_seconds},
+        peak_memory=_peak_memory(),
+        error=error_info,
+    )
+    runstore.write_json(run_dir / runstore.MANIFEST, manifest)
+    return RunResult(run_dir, status, exit_code)
+
+
+def _stage_facts(graph: Graph, stage: Any) -> dict[str, Any]:
+    node = next(n for n in graph.nodes if n.stage is stage)
+    return {
+        "kind": stage.kind,
+        "type": type(stage).__name__,
+        "inputs": node.inputs,
+        "reads": list(stage.reads),
+        "writes": list(stage.writes),
+        "fingerprint": stage.fingerprint(),
+        **stage.describe(),
+    }
+
+
+def _metrics(graph: Graph, stats: ExecutionStats, qualities: dict[str, QualityAccumulator]) -> dict[str, Any]:
+    seconds = stats.seconds
+    throughput = {
+        "records": stats.records_ok,
+        "seconds": seconds,
+        "records_per_second": stats.records_ok / seconds if seconds > 0 else None,
+    }
+    return {
+        "throughput": throughput,
+        "models": {
+            stage.name: {"load_seconds": stage.load_seconds, "latency": latency_summary(stage.batch_seconds)}
+            for stage in graph.model_stages()
+        },
+        "quality": {name: q.result() for name, q in qualities.items() if q.result() is not None},
+    }

@@ -1,0 +1,158 @@
+"""The `composer` command: `run` (Hydra's main, so -m, --cfg and hydra.* work) and `plan`.
+
+Nothing here imports torch or transformers at module level: `composer --help` and
+`composer plan` stay fast, and only `run` (or `plan --deep`) pays for the heavy imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from composer.schema import ConfigError
+
+USAGE = """usage: composer <verb> [options] [overrides...]
+
+verbs:
+  run   [overrides]          compose configs/ with Hydra and run it into a run folder
+                             (Hydra flags work: -m/--multirun, --cfg job, hydra.run.dir=...)
+  plan  [--deep] [overrides] validate and print the resolved config and the stage graph;
+                             loads no model (--deep also checks task parameters, quantization
+                             arguments and that the model can be found; imports transformers)
+
+overrides are Hydra's: task=fill-mask model=tiny-fill-mask input=jsonl input.path=data.jsonl
+batch_size=16 call.top_k=3 ...  See README.md for every key.
+
+exit codes: 0 complete, 1 completed with record errors, 2 config error, 3 aborted
+(on_error=fail or max_errors), 4 failed, 130 interrupted
+"""
+
+_exit_codes: list[int] = []
+
+
+def _print_issues(error: ConfigError) -> None:
+    print(f"composer: {error}", file=sys.stderr)
+
+
+def _hydra_overrides_and_config_dir(argv: Sequence[str]) -> tuple[list[str], Path | None, bool]:
+    """(overrides, --config-dir, whether to pre-check) from the arguments given to Hydra."""
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(list(argv))
+    special = args.multirun or args.cfg or args.info or args.help or args.hydra_help or args.shell_completion
+    return list(args.overrides), Path(args.config_dir) if args.config_dir else None, not special
+
+
+def _hydra_job(cfg) -> None:
+    """The Hydra task function: one run per job, into Hydra's output folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from composer import api
+    from composer.configuration import resolve
+    from composer.runstore import RunFolderInUse
+    from composer.schema import validate
+
+    hydra_cfg = HydraConfig.get()
+    plain, issues = resolve(cfg)
+    try:
+        if plain is not None:
+            issues += validate(plain)
+        if issues:
+            raise ConfigError(issues)
+        result = api.execute_config(plain, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+    except ConfigError as error:
+        _print_issues(error)
+        _exit_codes.append(api.EXIT_CONFIG)
+        return
+    except RunFolderInUse as error:
+        print(f"composer: {error}", file=sys.stderr)
+        _exit_codes.append(api.EXIT_CONFIG)
+        return
+    _report(result)
+    _exit_codes.append(result.exit_code)
+
+
+def _report(result) -> None:
+    """A short end-of-run summary on stderr: where the folder is, counts, quality, speed."""
+    manifest, metrics = result.manifest(), result.metrics()
+    counts = manifest["counts"]
+    lines = [f"run {result.status}: {result.run_dir}"]
+    for name, stage in manifest.get("stages", {}).items():
+        note = (stage.get("model") or {}).get("note") if stage.get("kind") == "model" else None
+        if note:
+            lines.append(f"  note ({name}): {note}")
+    lines.append(f"  records: {counts['records_ok']} ok, {counts['records_failed']} failed (errors.jsonl)")
+    for name, quality in metrics.get("quality", {}).items():
+        lines.append(f"  {name}: accuracy {quality['accuracy']:.3f}, macro-F1 {quality['macro_f1']:.3f} on {quality['n']} labelled")
+    rate = metrics["throughput"]["records_per_second"]
+    if rate:
+        lines.append(f"  throughput: {rate:.1f} records/s")
+    if manifest.get("error"):
+        lines.append(f"  error: {manifest['error']['type']}: {manifest['error']['message']}")
+    print("\n".join(lines), file=sys.stderr)
+
+
+def run_command(argv: Sequence[str]) -> int:
+    import hydra
+
+    from composer import api
+    from composer.configuration import config_dir, open_mapping_overrides
+
+    overrides, extra_dir, precheck = _hydra_overrides_and_config_dir(argv)
+    if precheck:
+        search = [f"hydra.searchpath=[file://{extra_dir.resolve()}]"] if extra_dir else []
+        try:
+            api.plan([*overrides, *search])
+        except ConfigError as error:
+            _print_issues(error)
+            return api.EXIT_CONFIG
+    rewritten = [a if a not in overrides else open_mapping_overrides([a])[0] for a in argv]
+    main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(_hydra_job)
+    saved_argv = sys.argv
+    sys.argv = [saved_argv[0], *rewritten]
+    try:
+        main()
+    finally:
+        sys.argv = saved_argv
+    return max(_exit_codes, default=api.EXIT_OK)
+
+
+def plan_command(argv: Sequence[str]) -> int:
+    from omegaconf import OmegaConf
+
+    from composer import api
+
+    parser = argparse.ArgumentParser(prog="composer plan", description="validate a config and print its stage graph")
+    parser.add_argument("--deep", action="store_true", help="also check task parameters, quantization and the model")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(list(argv))
+    try:
+        config, graph = api.plan(args.overrides, deep=args.deep)
+    except ConfigError as error:
+        _print_issues(error)
+        return api.EXIT_CONFIG
+    print("# resolved config")
+    print(OmegaConf.to_yaml(OmegaConf.create(config)), end="")
+    print("# stage graph")
+    for node in graph.describe():
+        inputs = ", ".join(node["inputs"]) or "-"
+        print(f"{node['name']:<14} {node['kind']:<9} {node['type']:<16} <- {inputs:<16} "
+              f"reads [{', '.join(node['reads'])}] writes [{', '.join(node['writes'])}]")
+    return api.EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    verb, rest = argv[0], argv[1:]
+    commands = {"run": run_command, "plan": plan_command}
+    if verb not in commands:
+        print(f"composer: unknown verb {verb!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return commands[verb](rest)

@@ -1,0 +1,361 @@
+"""Plan and execute the stage graph.
+
+Planning builds every stage object from config (cheap: constructors load nothing), binds each
+stage's parameters to its constructor's signature, and checks the edges and the record fields
+before anything heavy happens. Execution streams batches from the source through the stages in
+topological order, isolating failures to the records that caused them.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import inspect
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from composer.records import Record, RecordFailure
+from composer.schema import ConfigError, ConfigIssue, ModelConfig, QuantizationConfig, check_against, did_you_mean
+from composer.stages import STAGE_TYPES, load_class
+from composer.stages.base import Source, Stage
+
+SOURCE, MODEL, SINK = "source", "model", "outputs"
+TARGET_ALLOWED_PREFIXES = ("composer.",)
+
+
+@dataclass
+class Node:
+    stage: Stage
+    inputs: list[str]
+    path: str  # where the stage is configured, for messages
+
+
+@dataclass
+class Graph:
+    """Stages in execution order; the first node is the source and the last the outputs sink."""
+
+    nodes: list[Node]
+
+    @property
+    def source(self) -> Source:
+        return self.nodes[0].stage  # type: ignore[return-value]
+
+    def stages(self) -> list[Stage]:
+        return [node.stage for node in self.nodes]
+
+    def model_stages(self) -> list[Stage]:
+        return [s for s in self.stages() if s.kind == "model"]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": n.stage.name,
+                "kind": n.stage.kind,
+                "type": type(n.stage).__name__,
+                "inputs": n.inputs,
+                "reads": list(n.stage.reads),
+                "writes": list(n.stage.writes),
+                "config": n.path,
+            }
+            for n in self.nodes
+        ]
+
+
+def constructor_params(cls: type) -> tuple[set[str], set[str]]:
+    """(accepted, required) keyword names of a stage class, following **kwargs up the MRO."""
+    accepted: set[str] = set()
+    required: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        signature = inspect.signature(vars(klass)["__init__"])
+        forwards = False
+        for parameter in signature.parameters.values():
+            if parameter.name in ("self", "name", "params"):
+                continue
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                forwards = True
+            elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
+                accepted.add(parameter.name)
+                if parameter.default is inspect.Parameter.empty:
+                    required.add(parameter.name)
+        if not forwards:
+            break
+    return accepted, required
+
+
+def _stage_class(spec: dict, path: str, allow_any_target: bool) -> tuple[type | None, list[ConfigIssue]]:
+    if "_target_" in spec:
+        target = str(spec["_target_"])
+        if not allow_any_target and not target.startswith(TARGET_ALLOWED_PREFIXES):
+            return None, [ConfigIssue(f"{path}._target_", f"{target!r} is outside composer's stages; set allow_any_target=true to allow it")]
+        try:
+            cls = load_class(target)
+        except (ImportError, AttributeError, ValueError) as error:
+            return None, [ConfigIssue(f"{path}._target_", f"cannot import {target!r}: {error}")]
+        if not (isinstance(cls, type) and issubclass(cls, Stage)):
+            return None, [ConfigIssue(f"{path}._target_", f"{target!r} is not a composer Stage subclass")]
+        return cls, []
+    kind = spec.get("type")
+    if kind not in STAGE_TYPES:
+        return None, [ConfigIssue(f"{path}.type", f"unknown stage type {kind!r}" + did_you_mean(str(kind), STAGE_TYPES))]
+    return load_class(STAGE_TYPES[kind]), []
+
+
+def build_stage(cls: type, name: str, params: dict, path: str) -> tuple[Stage | None, list[ConfigIssue]]:
+    """Bind params to the stage's constructor, reporting every unknown or missing one."""
+    accepted, required = constructor_params(cls)
+    issues = [
+        ConfigIssue(f"{path}.{key}", f"unknown parameter of {cls.__name__}" + did_you_mean(key, accepted))
+        for key in params
+        if key not in accepted
+    ]
+    issues += [ConfigIssue(f"{path}.{key}", f"{cls.__name__} needs {key}") for key in sorted(required - set(params))]
+    if issues:
+        return None, issues
+    try:
+        return cls(name, **params), []
+    except (TypeError, ValueError) as error:
+        return None, [ConfigIssue(path, str(error))]
+
+
+def _spec_stage(spec: Any, path: str, default_name: str, allow_any_target: bool) -> tuple[Node | None, list[ConfigIssue]]:
+    if not isinstance(spec, dict):
+        return None, [ConfigIssue(path, "a stage is a mapping with `type` (or `_target_`) and its parameters")]
+    spec = dict(spec)
+    cls, issues = _stage_class(spec, path, allow_any_target)
+    name = str(spec.pop("name", default_name))
+    inputs = spec.pop("inputs", None)
+    spec.pop("type", None)
+    spec.pop("_target_", None)
+    if cls is None:
+        return None, issues
+    if cls.kind == "model":
+        issues += _model_spec_issues(spec, path)
+        if issues:
+            return None, issues
+    stage, issues = build_stage(cls, name, spec, path)
+    if stage is None:
+        return None, issues
+    if inputs is not None and (not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs)):
+        return None, [ConfigIssue(f"{path}.inputs", "inputs is a list of stage names")]
+    return Node(stage, inputs or [], path), []
+
+
+def _model_spec_issues(spec: dict, path: str) -> list[ConfigIssue]:
+    from composer.schema import check_model, check_quantization, check_task
+
+    issues = check_task(spec.get("task"), f"{path}.task")
+    if "model" in spec:
+        issues += check_against(spec["model"], ModelConfig, f"{path}.model") + check_model(spec["model"], f"{path}.model")
+    if "quantization" in spec:
+        issues += check_against(spec["quantization"], QuantizationConfig, f"{path}.quantization")
+        issues += check_quantization(spec["quantization"], f"{path}.quantization")
+    return issues
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate = name
+    for n in itertools.count(2):
+        if candidate not in taken:
+            return candidate
+        candidate = f"{name}_{n}"
+    raise AssertionError("unreachable")
+
+
+def plan(config: dict, run_dir: str | None = None) -> Graph:
+    """Build and check the graph of a validated config; raise ConfigError with every issue."""
+    from composer.tasks import task_table
+
+    issues: list[ConfigIssue] = []
+    nodes: list[Node] = []
+    allow_any = bool(config.get("allow_any_target"))
+    source_spec = dict(config["input"])
+    kind = source_spec.pop("type", "inline")
+    source, found = build_stage(load_class(STAGE_TYPES[kind]), SOURCE, source_spec, "input")
+    issues += [ConfigIssue(i.path, i.message + f" (for input={kind})") for i in found]
+    if source is not None:
+        nodes.append(Node(source, [], "input"))
+    chain_tail = SOURCE
+
+    def add_chain(key: str) -> None:
+        nonlocal chain_tail
+        for index, spec in enumerate(config.get(key) or []):
+            default = spec.get("type", "stage") if isinstance(spec, dict) else "stage"
+            node, found = _spec_stage(spec, f"{key}[{index}]", _unique(str(default), {n.stage.name for n in nodes}), allow_any)
+            issues.extend(found)
+            if node is not None:
+                node.inputs = node.inputs or [chain_tail]
+                nodes.append(node)
+                chain_tail = node.stage.name
+
+    add_chain("preprocess")
+    task = task_table().canonical(config["task"]) or config["task"]
+    model_stage = load_class(STAGE_TYPES["model"])(
+        MODEL,
+        task=task,
+        model=config["model"],
+        quantization=config["quantization"],
+        pipeline=config["pipeline"],
+        call=config["call"],
+        input_field=config.get("model_input") or config["input"].get("field", "text"),
+        output_field=config.get("model_output", "prediction"),
+        batch_size=config["batch_size"],
+    )
+    nodes.append(Node(model_stage, [chain_tail], "model"))
+    chain_tail = MODEL
+    add_chain("postprocess")
+    for name, spec in (config.get("stages") or {}).items():
+        path = f"stages.{name}"
+        if isinstance(spec, dict) and spec.get("type") == "model":
+            spec = {"batch_size": config["batch_size"], **spec}
+        node, found = _spec_stage(spec, path, str(name), allow_any)
+        issues.extend(found)
+        if node is not None:
+            if not node.inputs:
+                issues.append(ConfigIssue(f"{path}.inputs", f"name the stages it reads from, e.g. inputs: [{SOURCE}]"))
+            nodes.append(node)
+    issues += _check_edges(nodes)
+    if issues:
+        raise ConfigError(issues)
+    ordered = _topological(nodes)
+    sink = load_class(STAGE_TYPES[SINK])(SINK, run_dir=run_dir)
+    consumed = {i for n in ordered for i in n.inputs}
+    ordered.append(Node(sink, [n.stage.name for n in ordered if n.stage.name not in consumed], "(run folder)"))
+    return Graph(ordered)
+
+
+def _check_edges(nodes: list[Node]) -> list[ConfigIssue]:
+    issues = []
+    by_name: dict[str, Node] = {}
+    for node in nodes:
+        if node.stage.name in by_name:
+            issues.append(ConfigIssue(node.path, f"stage name {node.stage.name!r} is used twice"))
+        by_name[node.stage.name] = node
+    for node in nodes:
+        for name in node.inputs:
+            if name not in by_name:
+                issues.append(ConfigIssue(f"{node.path}.inputs", f"unknown stage {name!r}" + did_you_mean(name, by_name)))
+    if issues:
+        return issues
+    sorter = graphlib.TopologicalSorter({n.stage.name: n.inputs for n in nodes})
+    try:
+        order = list(sorter.static_order())
+    except graphlib.CycleError as error:
+        return [ConfigIssue("stages", f"the stages form a cycle: {' -> '.join(error.args[1])}")]
+    available: dict[str, set[str]] = {}
+    for name in order:
+        node = by_name[name]
+        before: set[str] = set().union(*(available[i] for i in node.inputs)) if node.inputs else set()
+        for read in node.stage.reads:
+            if read not in before:
+                have = ", ".join(sorted(before)) or "none"
+                issues.append(
+                    ConfigIssue(node.path, f"stage {name!r} reads field {read!r}, which no upstream stage writes (available: {have})")
+                )
+        available[name] = node.stage.fields_after(before)
+    return issues
+
+
+def _topological(nodes: list[Node]) -> list[Node]:
+    """Execution order: dependencies first, otherwise the order the config lists the stages."""
+    position = {n.stage.name: i for i, n in enumerate(nodes)}
+    sorter = graphlib.TopologicalSorter({n.stage.name: n.inputs for n in nodes})
+    sorter.prepare()
+    order: list[str] = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready(), key=position.__getitem__)
+        order.extend(ready)
+        sorter.done(*ready)
+    by_name = {n.stage.name: n for n in nodes}
+    return [by_name[name] for name in order]
+
+
+class RunAborted(Exception):
+    """on_error=fail met a bad record, or max_errors was reached."""
+
+
+@dataclass
+class ExecutionStats:
+    records_in: int = 0
+    records_ok: int = 0
+    records_failed: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _run_stage(stage: Stage, records: list[Record]) -> tuple[list[Record], list[RecordFailure]]:
+    """Run a batch; if it fails, retry record by record so only the bad records fail."""
+    try:
+        return stage.process(records), []
+    except Exception as error:  # noqa: BLE001 - any stage error is a record error, isolated below
+        if len(records) == 1:
+            return [], [RecordFailure.from_exception(str(records[0].get("id")), stage.name, error)]
+    survivors: list[Record] = []
+    failures: list[RecordFailure] = []
+    for record in records:
+        kept, failed = _run_stage(stage, [record])
+        survivors += kept
+        failures += failed
+    return survivors, failures
+
+
+def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    while batch := list(itertools.islice(items, size)):
+        yield batch
+
+
+def execute(
+    graph: Graph,
+    stats: ExecutionStats,
+    batch_size: int,
+    on_failures: Callable[[list[RecordFailure]], None],
+    on_error: str = "skip",
+    max_errors: int | None = None,
+    advance: Callable[[int], None] = lambda n: None,
+    on_batch: Callable[[list[Record]], None] = lambda records: None,
+) -> None:
+    """Stream the source through the stages, counting into `stats` as batches finish (so the
+    counts stay true when the run is aborted); records leave in input order."""
+    stats.stage_seconds = {s.name: 0.0 for s in graph.stages()}
+    started = time.perf_counter()
+    try:
+        _execute_batches(graph, stats, batch_size, on_failures, on_error, max_errors, advance, on_batch)
+    finally:
+        stats.seconds = time.perf_counter() - started
+
+
+def _execute_batches(
+    graph: Graph,
+    stats: ExecutionStats,
+    batch_size: int,
+    on_failures: Callable[[list[RecordFailure]], None],
+    on_error: str,
+    max_errors: int | None,
+    advance: Callable[[int], None],
+    on_batch: Callable[[list[Record]], None],
+) -> None:
+    for batch in _batches(graph.source.iter_records(), batch_size):
+        stats.batches += 1
+        stats.records_in += len(batch)
+        failures = [item for item in batch if isinstance(item, RecordFailure)]
+        records = [item for item in batch if not isinstance(item, RecordFailure)]
+        for node in graph.nodes[1:]:
+            if not records:
+                break
+            stage_started = time.perf_counter()
+            records, failed = _run_stage(node.stage, records)
+            stats.stage_seconds[node.stage.name] += time.perf_counter() - stage_started
+            failures += failed
+        on_batch(records)
+        stats.records_ok += len(records)
+        stats.records_failed += len(failures)
+        on_failures(failures)
+        advance(len(batch))
+        if failures and on_error == "fail":
+            raise RunAborted(f"record {failures[0].id!r} failed in stage {failures[0].stage!r} and on_error=fail: {failures[0].message}")
+        if max_errors is not None and stats.records_failed >= max_errors:
+            raise RunAborted(f"{stats.records_failed} records failed, reaching max_errors={max_errors}")

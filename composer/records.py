@@ -1,0 +1,58 @@
+"""Records: the plain dicts that flow through the stage graph, and how they become JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+Record = dict[str, Any]
+
+
+@dataclass
+class RecordFailure:
+    """One record that could not be processed: the line written to errors.jsonl."""
+
+    id: str
+    stage: str
+    error_type: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "stage": self.stage, "error_type": self.error_type, "message": self.message}
+
+    @classmethod
+    def from_exception(cls, record_id: str, stage: str, error: BaseException) -> RecordFailure:
+        return cls(id=record_id, stage=stage, error_type=type(error).__name__, message=str(error) or repr(error))
+
+
+def to_jsonable(value: Any) -> Any:
+    """Turn pipeline outputs (numpy/torch scalars and arrays, tuples) into plain JSON values.
+
+    Outputs must be JSON-clean so that outputs.jsonl can be read back by any tool; non-finite
+    floats become None because JSON has no NaN.
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return to_jsonable(value.tolist())
+    if hasattr(value, "item"):
+        return to_jsonable(value.item())
+    return str(value)
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(to_jsonable(value), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def content_id(row: Any) -> str:
+    """A stable id for a record without one: a hash of its content, the same on every run."""
+    return hashlib.sha256(canonical_json(row).encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,189 @@
+"""Turning config strings into what transformers needs: model locations, dtypes, quantization.
+
+Model resolution happens before any weights load and fails in seconds with a message that says
+what to do: offline, `pipeline()` would first retry the Hub for about 30 s and then raise a long
+traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from composer.repro import sha256_tree
+from composer.schema import ConfigIssue, did_you_mean
+
+TINY_PREFIX = "tiny:"
+
+
+class ModelUnavailable(Exception):
+    """The model can be found neither locally, in the Hugging Face cache, nor on the Hub."""
+
+
+@dataclass
+class ResolvedModel:
+    """Where the weights come from, and the facts that pin them for the manifest."""
+
+    requested: str | None  # model.id as configured (None: the task's default)
+    source: str  # local | hub | hub-cache | tiny
+    load_from: str  # what pipeline(model=...) receives
+    revision: str | None  # the commit sha for hub models
+    content_sha256: str | None = None  # for local folders (tiny models included)
+    note: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _looks_like_path(model_id: str) -> bool:
+    return model_id.startswith(("/", "./", "../", "~")) or os.sep + os.sep in model_id or model_id.count("/") > 1
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _cached_snapshot(model_id: str, revision: str | None) -> str | None:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(model_id, revision=revision, local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
+def default_model(task: str) -> tuple[str, str | None]:
+    """transformers' default model (id, revision) for a task, as `pipeline(task)` would pick."""
+    from transformers.pipelines import SUPPORTED_TASKS, TASK_ALIASES
+
+    default = SUPPORTED_TASKS[TASK_ALIASES.get(task, task)].get("default", {}).get("model")
+    if not default:
+        raise ModelUnavailable(f"transformers has no default model for task {task!r}: set model.id")
+    return default if isinstance(default, tuple) else (default, None)
+
+
+def resolve_model(model_id: str | None, revision: str | None, task: str) -> ResolvedModel:
+    """Find the model without loading it; raise ModelUnavailable with a message for the user."""
+    requested = model_id
+    if model_id is None:
+        model_id, default_revision = default_model(task)
+        revision = revision or default_revision
+    if model_id.startswith(TINY_PREFIX):
+        from composer.testing import tiny_model_path
+
+        path = tiny_model_path(model_id[len(TINY_PREFIX):])
+        note = "OFFLINE TEST MODEL: tiny, randomly initialised, built locally; predictions are noise"
+        return ResolvedModel(requested, "tiny", str(path), None, sha256_tree(path), note)
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        return ResolvedModel(requested, "local", str(local.resolve()), None, sha256_tree(local))
+    if local.exists() or _looks_like_path(model_id):
+        raise ModelUnavailable(f"model.id {model_id!r}: no such local directory (a model folder saved with save_pretrained)")
+    return _resolve_hub(requested, model_id, revision)
+
+
+def _resolve_hub(requested: str | None, model_id: str, revision: str | None) -> ResolvedModel:
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    def from_cache(reason: str) -> ResolvedModel:
+        snapshot = _cached_snapshot(model_id, revision)
+        if snapshot is None:
+            raise ModelUnavailable(
+                f"model.id {model_id!r} is not a local directory and {reason}; it is not in the Hugging Face "
+                "cache either. Run once with network access, or set model.id to a local model folder."
+            )
+        return ResolvedModel(requested, "hub-cache", snapshot, Path(snapshot).name, note=f"{reason}; used the cached snapshot")
+
+    if _hub_offline():
+        return from_cache("HF_HUB_OFFLINE is set")
+    try:
+        info = model_info(model_id, revision=revision, timeout=10)
+    except RevisionNotFoundError as error:
+        raise ModelUnavailable(f"model.revision {revision!r} does not exist for {model_id!r}") from error
+    except RepositoryNotFoundError as error:
+        raise ModelUnavailable(
+            f"model.id {model_id!r} is neither a local directory nor a model on the Hugging Face Hub "
+            "(private or gated models need `huggingface-cli login`)"
+        ) from error
+    except Exception as error:  # connection refused, DNS, timeouts: the Hub is unreachable
+        return from_cache(f"the Hugging Face Hub is unreachable ({type(error).__name__})")
+    return ResolvedModel(requested, "hub", model_id, info.sha)
+
+
+def torch_dtype(name: str) -> Any:
+    """'auto' stays a string (transformers reads the checkpoint's dtype); others become torch dtypes."""
+    if name == "auto":
+        return "auto"
+    import torch
+
+    return getattr(torch, name)
+
+
+def _quantization_class(backend: str) -> type:
+    import transformers
+
+    return {"bitsandbytes": transformers.BitsAndBytesConfig, "torchao": transformers.TorchAoConfig}[backend]
+
+
+def check_quantization_backend(quant: dict, path: str = "quantization") -> list[ConfigIssue]:
+    """Bind quantization params to the backend's config class and check the backend is installed."""
+    backend, params = quant.get("backend", "none"), dict(quant.get("params") or {})
+    if backend == "none":
+        return []
+    package = {"bitsandbytes": "bitsandbytes", "torchao": "torchao"}[backend]
+    if importlib.util.find_spec(package) is None:
+        return [ConfigIssue(f"{path}.backend", f"{backend} quantization needs `pip install {package}`")]
+    issues = []
+    if backend == "torchao":
+        import torchao.quantization
+
+        quant_type = params.pop("quant_type", None)
+        params.pop("quant_type_kwargs", None)
+        if not hasattr(torchao.quantization, str(quant_type)):
+            options = [n for n in dir(torchao.quantization) if n.endswith("Config")]
+            issues.append(ConfigIssue(f"{path}.params.quant_type", f"torchao has no {quant_type!r}" + did_you_mean(str(quant_type), options)))
+    accepted = set(inspect.signature(_quantization_class(backend).__init__).parameters) - {"self", "kwargs"}
+    for name in params:
+        if name not in accepted:
+            issues.append(ConfigIssue(f"{path}.params.{name}", f"not an argument of the {backend} config" + did_you_mean(name, accepted)))
+    return issues
+
+
+def build_quantization(quant: dict) -> Any | None:
+    """The real BitsAndBytesConfig / TorchAoConfig object for a quantization config, or None."""
+    backend, params = quant.get("backend", "none"), dict(quant.get("params") or {})
+    if backend == "none":
+        return None
+    if backend == "torchao":
+        import torchao.quantization
+
+        quant_class = getattr(torchao.quantization, params.pop("quant_type"))
+        params["quant_type"] = quant_class(**(params.pop("quant_type_kwargs", None) or {}))
+    return _quantization_class(backend)(**{k: v for k, v in params.items() if v is not None})
+
+
+def quantization_json(config: Any | None) -> dict[str, Any] | None:
+    """The quantization object as JSON for the manifest (its own to_dict, made JSON-clean)."""
+    if config is None:
+        return None
+    from composer.records import to_jsonable
+
+    return {"class": type(config).__name__, **to_jsonable(config.to_dict())}
+
+
+def set_threads(threads: int | None) -> int:
+    """Apply `threads` to torch's intra-op pool; return the count in effect, for the manifest."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()

@@ -1,0 +1,279 @@
+"""The config contract: typed dataclasses, and a validator that reports every mistake at once.
+
+Why not OmegaConf structured configs as the base of `config.yaml`: OmegaConf raises on the first
+bad key or type, without a did-you-mean, while users fix configs fastest when they see all
+mistakes together, each with its key path (torchtune's `config/_validate.py` does the same).
+So configs compose as plain YAML and this module checks the composed result against the
+dataclasses below. Nothing here imports torch or transformers: `composer plan` runs this.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+import dataclasses
+from dataclasses import MISSING, dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, Union
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+InputType = Literal["inline", "jsonl", "csv", "parquet", "dataset"]
+QuantBackend = Literal["none", "bitsandbytes", "torchao"]
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+_DEVICE_PATTERN = re.compile(r"^(cpu|mps|meta|(cuda|xpu|npu|hpu)(:\d+)?)$")
+_FILE_INPUTS = ("jsonl", "csv", "parquet")
+
+
+@dataclass
+class ModelConfig:
+    """Which weights to load and how (`model=<file in configs/model/>` or `model.<key>=`)."""
+
+    id: str | None = None  # hub id, local directory, or `tiny:<name>` (offline test model)
+    revision: str | None = None
+    dtype: DType = "auto"
+    device: str | int | None = None
+    device_map: str | dict | None = None
+    trust_remote_code: bool = False
+    tokenizer: str | None = None
+    model_kwargs: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class QuantizationConfig:
+    """Weight quantization; `params` are the keyword arguments of the backend's config class."""
+
+    backend: QuantBackend = "none"
+    params: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class InputConfig:
+    """Where records come from (`input=inline|jsonl|csv|parquet|dataset`)."""
+
+    type: InputType = "inline"
+    path: str | None = None  # file, or for `dataset` the load_dataset path (local dir or hub name)
+    field: str = "text"  # column holding the model input
+    id_field: str | None = None  # column holding a stable record id; else a content hash
+    label_field: str | None = None  # column holding the gold label, for quality metrics
+    limit: int | None = None
+    keep: list[str] = dataclasses.field(default_factory=list)  # extra columns carried into the records
+    records: list | None = None  # inline: strings or dicts
+    delimiter: str = ","  # csv
+    subset: str | None = None  # dataset: config (subset) name
+    split: str = "train"  # dataset
+    data_files: Any = None  # dataset
+    streaming: bool = True  # dataset: iterate without loading the whole set
+
+
+@dataclass
+class ComposerConfig:
+    """The whole run: one model stage fed by one source, with optional transforms and stages."""
+
+    name: str = "run"
+    task: str | None = None
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    quantization: QuantizationConfig = dataclasses.field(default_factory=QuantizationConfig)
+    input: InputConfig = dataclasses.field(default_factory=InputConfig)
+    pipeline: dict = dataclasses.field(default_factory=dict)  # task parameters given once, at build time
+    call: dict = dataclasses.field(default_factory=dict)  # task parameters given on every call (win over `pipeline`)
+    model_input: str | dict | None = None  # field (or argument->field mapping) fed to the model
+    model_output: str = "prediction"
+    preprocess: list = dataclasses.field(default_factory=list)
+    postprocess: list = dataclasses.field(default_factory=list)
+    stages: dict = dataclasses.field(default_factory=dict)  # extra named stages, e.g. a second model (fan-out)
+    batch_size: int = 8
+    threads: int | None = None
+    seed: int = 0
+    on_error: Literal["skip", "fail"] = "skip"
+    max_errors: int | None = None
+    progress: bool | None = None  # None: a bar when stderr is a terminal
+    allow_any_target: bool = False
+    runs_root: str = "runs"
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One config mistake, located by its dotted key path."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(Exception):
+    """Raised with every issue found, so the user fixes them all in one go."""
+
+    def __init__(self, issues: list[ConfigIssue]):
+        self.issues = issues
+        lines = "\n".join(f"  - {issue}" for issue in issues)
+        noun = "error" if len(issues) == 1 else "errors"
+        super().__init__(f"config has {len(issues)} {noun}:\n{lines}")
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    """A ' (did you mean 'x'?)' suffix when a close match exists, else ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if tp is type(None):
+        return value is None
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(tp))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin is not None:
+        tp = origin
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def check_against(value: Any, schema: type, path: str) -> list[ConfigIssue]:
+    """Check a plain dict against a dataclass: unknown keys (with did-you-mean) and types."""
+    if not isinstance(value, dict):
+        return [ConfigIssue(path, f"expected a mapping, got {type(value).__name__}")]
+    hints = typing.get_type_hints(schema)
+    known = {f.name for f in fields(schema)}
+    issues = []
+    for key in value:
+        if key not in known:
+            issues.append(ConfigIssue(join(path, key), "unknown key" + did_you_mean(str(key), known)))
+    for f in fields(schema):
+        key_path = join(path, f.name)
+        if f.name not in value:
+            if f.default is MISSING and f.default_factory is MISSING:
+                issues.append(ConfigIssue(key_path, "missing required key"))
+            continue
+        tp = hints[f.name]
+        if is_dataclass(tp):
+            issues.extend(check_against(value[f.name], tp, key_path))
+        elif not _matches(value[f.name], tp):
+            got = value[f.name]
+            issues.append(ConfigIssue(key_path, f"expected {_type_name(tp)}, got {got!r}"))
+    return issues
+
+
+def check_model(model: dict, path: str) -> list[ConfigIssue]:
+    issues = []
+    device, device_map = model.get("device"), model.get("device_map")
+    if device is not None and device_map is not None:
+        issues.append(
+            ConfigIssue(
+                join(path, "device"),
+                f"set either {path}.device or {path}.device_map, not both "
+                "(device_map places the model itself; set device=null)",
+            )
+        )
+    if isinstance(device, str) and not _DEVICE_PATTERN.match(device):
+        issues.append(ConfigIssue(join(path, "device"), f"unknown device {device!r}; use cpu, cuda, cuda:N, mps"))
+    if isinstance(device, int) and device < -1:
+        issues.append(ConfigIssue(join(path, "device"), f"device index must be >= -1, got {device}"))
+    if isinstance(device_map, str) and device_map not in DEVICE_MAP_STRATEGIES:
+        issues.append(
+            ConfigIssue(
+                join(path, "device_map"),
+                f"unknown device_map {device_map!r}; use one of {', '.join(DEVICE_MAP_STRATEGIES)} "
+                "or a mapping of module names to devices" + did_you_mean(device_map, DEVICE_MAP_STRATEGIES),
+            )
+        )
+    for reserved in ("quantization_config", "dtype", "torch_dtype", "device_map", "trust_remote_code", "revision"):
+        if reserved in (model.get("model_kwargs") or {}):
+            where = "quantization=" if reserved == "quantization_config" else f"{path}.{reserved.replace('torch_', '')}"
+            issues.append(
+                ConfigIssue(join(join(path, "model_kwargs"), reserved), f"set this through {where}, not model_kwargs")
+            )
+    return issues
+
+
+def check_quantization(quant: dict, path: str) -> list[ConfigIssue]:
+    backend, params = quant.get("backend", "none"), quant.get("params") or {}
+    if backend == "none" and params:
+        return [ConfigIssue(join(path, "params"), "quantization backend is 'none' but params are set")]
+    if backend == "bitsandbytes" and not (params.get("load_in_8bit") or params.get("load_in_4bit")):
+        return [ConfigIssue(join(path, "params"), "bitsandbytes needs load_in_8bit: true or load_in_4bit: true")]
+    if backend == "torchao" and "quant_type" not in params:
+        return [ConfigIssue(join(path, "params.quant_type"), "torchao needs quant_type (e.g. Int8DynamicActivationInt8WeightConfig)")]
+    return []
+
+
+def _check_input(inp: dict, path: str) -> list[ConfigIssue]:
+    kind = inp.get("type", "inline")
+    issues = []
+    if kind == "inline" and not inp.get("records"):
+        issues.append(ConfigIssue(join(path, "records"), "input=inline needs a non-empty list of records"))
+    if kind in _FILE_INPUTS:
+        data_path = inp.get("path")
+        if not data_path:
+            issues.append(ConfigIssue(join(path, "path"), f"input={kind} needs input.path"))
+        elif not Path(data_path).expanduser().is_file():
+            issues.append(ConfigIssue(join(path, "path"), f"file not found: {data_path}"))
+    if kind == "dataset" and not inp.get("path"):
+        issues.append(
+            ConfigIssue(join(path, "path"), "input=dataset needs input.path (a loader like json/csv, a local folder or a hub name)")
+        )
+    limit = inp.get("limit")
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit < 1:
+        issues.append(ConfigIssue(join(path, "limit"), f"limit must be >= 1, got {limit}"))
+    return issues
+
+
+def check_task(task: Any, path: str = "task") -> list[ConfigIssue]:
+    from composer.tasks import task_table
+
+    if task is None:
+        return [ConfigIssue(path, f"task is required, e.g. {path}=text-classification")]
+    if not isinstance(task, str):
+        return [ConfigIssue(path, f"expected str, got {task!r}")]
+    table = task_table()
+    if table.canonical(task) is None:
+        return [ConfigIssue(path, f"unknown task {task!r} for transformers' pipeline()" + did_you_mean(task, table.names()))]
+    return []
+
+
+def validate(config: dict) -> list[ConfigIssue]:
+    """Every issue with a composed (resolved, plain) config; the stage graph is checked in graph.py."""
+    config = {k: v for k, v in config.items() if k != "hydra"}
+    issues = check_against(config, ComposerConfig, "")
+    if isinstance(config.get("model"), dict):
+        issues += check_model(config["model"], "model")
+    if isinstance(config.get("quantization"), dict):
+        issues += check_quantization(config["quantization"], "quantization")
+    if isinstance(config.get("input"), dict):
+        issues += _check_input(config["input"], "input")
+    if isinstance(config.get("task"), str) or config.get("task") is None:
+        issues += check_task(config.get("task"))
+    for key in ("batch_size", "threads", "max_errors"):
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            issues.append(ConfigIssue(key, f"{key} must be >= 1, got {value}"))
+    for key in ("pipeline", "call"):
+        if "batch_size" in (config.get(key) or {}):
+            issues.append(ConfigIssue(f"{key}.batch_size", "set the top-level batch_size instead"))
+    return issues

@@ -1,0 +1,34 @@
+"""Stage types by the names configs use (`type: template`), resolved lazily so that planning
+imports only the light stage modules, never torch."""
+
+from __future__ import annotations
+
+import importlib
+
+STAGE_TYPES: dict[str, str] = {
+    # sources, selected by input.type
+    "inline": "composer.stages.sources:InlineSource",
+    "jsonl": "composer.stages.sources:JsonlSource",
+    "csv": "composer.stages.sources:CsvSource",
+    "parquet": "composer.stages.sources:ParquetSource",
+    "dataset": "composer.stages.sources:DatasetSource",
+    # text transforms
+    "template": "composer.stages.text:Template",
+    "normalize": "composer.stages.text:Normalize",
+    # the model
+    "model": "composer.stages.model:PipelineStage",
+    # post transforms
+    "top_k": "composer.stages.post:TopK",
+    "select": "composer.stages.post:Select",
+    "rename": "composer.stages.post:Rename",
+    "map_labels": "composer.stages.post:MapLabels",
+    "threshold": "composer.stages.post:Threshold",
+    # sinks
+    "outputs": "composer.stages.sinks:OutputsSink",
+}
+
+
+def load_class(dotted: str) -> type:
+    """Import `module:Class` or `module.Class`."""
+    module, _, attr = dotted.partition(":") if ":" in dotted else dotted.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
