@@ -234,22 +234,24 @@ def _check_edges(nodes: list[Node]) -> list[ConfigIssue]:
         if node.stage.name in by_name:
             issues.append(ConfigIssue(node.path, f"stage name {node.stage.name!r} is used twice"))
         by_name[node.stage.name] = node
+    known_inputs: dict[str, list[str]] = {}
     for node in nodes:
         for name in node.inputs:
             if name not in by_name:
                 issues.append(ConfigIssue(f"{node.path}.inputs", f"unknown stage {name!r}" + did_you_mean(name, by_name)))
-    if issues:
-        return issues
-    sorter = graphlib.TopologicalSorter({n.stage.name: n.inputs for n in nodes})
+        # Unknown inputs are reported above; the field checks below go on without them.
+        known_inputs[node.stage.name] = [name for name in node.inputs if name in by_name]
+    sorter = graphlib.TopologicalSorter(known_inputs)
     try:
         order = list(sorter.static_order())
     except graphlib.CycleError as error:
-        return [ConfigIssue("stages", f"the stages form a cycle: {' -> '.join(error.args[1])}")]
+        return issues + [ConfigIssue("stages", f"the stages form a cycle: {' -> '.join(error.args[1])}")]
     available: dict[str, set[str]] = {}
     for name in order:
         node = by_name[name]
-        before: set[str] = set().union(*(available[i] for i in node.inputs)) if node.inputs else set()
-        for read in node.stage.reads:
+        inputs = known_inputs[name]
+        before: set[str] = set().union(*(available[i] for i in inputs)) if inputs else set()
+        for read in node.stage.reads if len(inputs) == len(node.inputs) else ():
             if read not in before:
                 have = ", ".join(sorted(before)) or "none"
                 issues.append(

@@ -1,0 +1,65 @@
+"""Shared test setup: offline Hub, one torch thread, tiny models built once per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session-wide cache for tiny models, shared with CLI subprocesses through the env."""
+    cache = Path(os.environ.get("COMPOSER_TEST_CACHE") or tmp_path_factory.mktemp("composer-cache"))
+    os.environ["COMPOSER_CACHE_DIR"] = str(cache)
+    import torch
+
+    torch.set_num_threads(1)
+    return cache
+
+
+def run_cli(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
+    """Run `python -m composer ...` in a subprocess, as a user would."""
+    done = subprocess.run(
+        [sys.executable, "-m", "composer", *args], cwd=cwd, capture_output=True, text=True, env=os.environ.copy(), timeout=600
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"composer {' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def assert_close(actual, expected, tol: float = 1e-5, where: str = "") -> None:
+    """Deep equality with float tolerance: outputs must match plain pipeline() results."""
+    if isinstance(expected, float) or isinstance(actual, float):
+        assert abs(float(actual) - float(expected)) <= tol * max(1.0, abs(float(expected))), f"{where}: {actual} != {expected}"
+    elif isinstance(expected, dict):
+        assert isinstance(actual, dict) and set(actual) == set(expected), f"{where}: keys {actual} != {expected}"
+        for key in expected:
+            assert_close(actual[key], expected[key], tol, f"{where}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert isinstance(actual, (list, tuple)) and len(actual) == len(expected), f"{where}: {actual} != {expected}"
+        for index, (a, e) in enumerate(zip(actual, expected)):
+            assert_close(a, e, tol, f"{where}[{index}]")
+    else:
+        assert actual == expected, f"{where}: {actual!r} != {expected!r}"
