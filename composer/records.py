@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -20,9 +21,6 @@ class RecordFailure:
     error_type: str
     message: str
 
-    def to_json(self) -> dict[str, str]:
-        return {"id": self.id, "stage": self.stage, "error_type": self.error_type, "message": self.message}
-
     @classmethod
     def from_exception(cls, record_id: str, stage: str, error: BaseException) -> RecordFailure:
         return cls(id=record_id, stage=stage, error_type=type(error).__name__, message=str(error) or repr(error))
@@ -40,6 +38,8 @@ def to_jsonable(value: Any) -> Any:
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value))
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
     if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors

@@ -49,16 +49,21 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) < 200 else text[:200] + "..."
+
+
 def assert_close(actual, expected, tol: float = 1e-5, where: str = "") -> None:
     """Deep equality with float tolerance: outputs must match plain pipeline() results."""
     if isinstance(expected, float) or isinstance(actual, float):
         assert abs(float(actual) - float(expected)) <= tol * max(1.0, abs(float(expected))), f"{where}: {actual} != {expected}"
     elif isinstance(expected, dict):
-        assert isinstance(actual, dict) and set(actual) == set(expected), f"{where}: keys {actual} != {expected}"
+        assert isinstance(actual, dict) and set(actual) == set(expected), f"{where}: keys {_short(actual)} != {_short(expected)}"
         for key in expected:
             assert_close(actual[key], expected[key], tol, f"{where}.{key}")
     elif isinstance(expected, (list, tuple)):
-        assert isinstance(actual, (list, tuple)) and len(actual) == len(expected), f"{where}: {actual} != {expected}"
+        assert isinstance(actual, (list, tuple)) and len(actual) == len(expected), f"{where}: {_short(actual)} != {_short(expected)}"
         for index, (a, e) in enumerate(zip(actual, expected)):
             assert_close(a, e, tol, f"{where}[{index}]")
     else:

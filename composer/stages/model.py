@@ -106,20 +106,35 @@ class PipelineStage(Stage):
     def _as_single_call(self, model_input: Any, output: Any) -> Any:
         # TextClassificationPipeline wraps a lone string's result in a list unless top_k is
         # passed at call time (transformers' "legacy" behaviour); list calls do not.
-        if self.task in ("text-classification", "sentiment-analysis") and isinstance(model_input, str):
-            if "top_k" not in self.call_params:
-                return [output]
+        if self.task == "text-classification" and isinstance(model_input, str) and "top_k" not in self.call_params:
+            return [output]
+        # Batched feature extraction returns hidden states for the padding positions too; a
+        # record's embedding must not depend on its batch-mates, so cut it to its own tokens.
+        if self.task == "feature-extraction":
+            return self._unpadded(model_input, output)
         return output
+
+    def _unpadded(self, model_input: Any, output: Any) -> Any:
+        preprocess_params = self.pipe._sanitize_parameters(**{**self.build_params, **self.call_params})[0]
+        length = int(self.pipe.preprocess(model_input, **preprocess_params)["input_ids"].shape[-1])
+        left = getattr(self.pipe.tokenizer, "padding_side", "right") == "left"
+        return [tokens[len(tokens) - length:] if left else tokens[:length] for tokens in output]
 
     def process(self, records: list[Record]) -> list[Record]:
         inputs = [self._model_input(record) for record in records]
         started = time.perf_counter()
-        outputs = self.pipe(inputs, batch_size=self.batch_size, **self.call_params)
+        if len(inputs) == 1:
+            # A one-item list comes back unwrapped from some pipelines (fill-mask); a single
+            # call is unambiguous and is exactly the reference result.
+            outputs = [self.pipe(inputs[0], **self.call_params)]
+        else:
+            outputs = self.pipe(inputs, batch_size=self.batch_size, **self.call_params)
+            if len(outputs) != len(inputs):
+                raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(inputs)} inputs")
+            outputs = [self._as_single_call(i, o) for i, o in zip(inputs, outputs)]
         self.batch_seconds.append(time.perf_counter() - started)
-        if len(outputs) != len(inputs):
-            raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(inputs)} inputs")
-        for record, model_input, output in zip(records, inputs, outputs):
-            record[self.output_field] = to_jsonable(self._as_single_call(model_input, output))
+        for record, output in zip(records, outputs):
+            record[self.output_field] = to_jsonable(output)
         return records
 
     def describe(self) -> dict[str, Any]:
