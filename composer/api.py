@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from composer import runstore
 from composer.configuration import compose_config
-from composer.graph import ExecutionStats, Graph, RunAborted, execute, plan as plan_graph
+from composer.graph import MODEL, ExecutionStats, Graph, RunAborted, execute, plan as plan_graph
 from composer.metrics import QualityAccumulator, latency_summary
 from composer.records import canonical_json
 from composer.schema import ConfigError, validate
@@ -167,11 +167,12 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
     }
     runstore.write_json(run_dir / runstore.MANIFEST, manifest)
     errors = runstore.JsonlAppender(run_dir / runstore.ERRORS)
-    qualities = {
-        stage.name: QualityAccumulator(stage.output_field)
-        for stage in graph.model_stages()
-        if stage.task in LABELLED_TASKS and config["input"].get("label_field")
-    }
+    # Gold labels belong to the main task; an extra fan-out model (say, a topic classifier) is
+    # not scored against them.
+    main_model = next(stage for stage in graph.model_stages() if stage.name == MODEL)
+    qualities = {}
+    if main_model.task in LABELLED_TASKS and config["input"].get("label_field"):
+        qualities[MODEL] = QualityAccumulator(main_model.output_field)
     stats = ExecutionStats()
     status, exit_code, error_info = "failed", EXIT_FAILED, None
     try:

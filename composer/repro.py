@@ -41,7 +41,8 @@ def sha256_tree(path: str | Path) -> str:
     if root.is_file():
         return sha256_file(root)[0]
     digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.parts):
+    # `.cache/` inside a model folder holds download bookkeeping, not model content.
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.relative_to(root).parts):
         digest.update(file.relative_to(root).as_posix().encode("utf-8") + b"\0")
         digest.update(sha256_file(file)[0].encode("ascii") + b"\n")
     return digest.hexdigest()

@@ -1,0 +1,153 @@
+"""The run folder contract (DESIGN.md), asserted field by field on real runs."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from composer import api
+from composer.testing import tiny_model_path
+from conftest import read_jsonl, run_cli
+
+DEMO = Path(api.__file__).parent / "data" / "demo" / "reviews.jsonl"
+HEX16, HEX64 = 16, 64
+
+
+def _is_hex(value: str, length: int) -> bool:
+    return isinstance(value, str) and len(value) == length and all(c in "0123456789abcdef" for c in value)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    """The README's main job, through the console script, inside a git repository."""
+    work = tmp_path_factory.mktemp("demo")
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    (work / "notes.txt").write_text("tracked\n")
+    subprocess.run(["git", "add", "notes.txt"], cwd=work, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=work, check=True)
+    composer = Path(sys.executable).parent / "composer"
+    done = subprocess.run([str(composer), "run", "threads=1", "hydra.run.dir=out"], cwd=work, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "OFFLINE TEST MODEL" in done.stderr  # the demo says its model is a tiny random one
+    return work / "out"
+
+
+def test_run_folder_has_every_file(demo_run):
+    names = {p.relative_to(demo_run).as_posix() for p in demo_run.rglob("*") if p.is_file()}
+    assert {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "config.yaml", "manifest.json",
+            "outputs.jsonl", "errors.jsonl", "metrics.json"} <= names
+
+
+def test_config_yaml_is_the_resolved_config(demo_run):
+    saved = yaml.safe_load((demo_run / "config.yaml").read_text())
+    assert saved == api.compose(["threads=1"])
+    assert saved["input"]["path"] == str(DEMO)  # interpolations are resolved
+    assert yaml.safe_load((demo_run / ".hydra" / "overrides.yaml").read_text()) == ["threads=1"]  # Hydra omits hydra.*
+
+
+def test_manifest_fields(demo_run):
+    manifest = json.loads((demo_run / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["exit_code"] == 0 and manifest["error"] is None
+    assert manifest["name"] == "text-classification" and manifest["task"] == "text-classification"
+    for package in ("torch", "transformers", "accelerate", "datasets", "hydra-core", "omegaconf"):
+        assert manifest["versions"][package] == importlib.metadata.version(package)
+    assert manifest["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=demo_run.parent, capture_output=True, text=True).stdout.strip()
+    assert manifest["git"] == {"commit": head, "dirty": False}
+    assert manifest["seed"] == 0 and manifest["threads"] == 1
+    assert manifest["device"]["cuda_available"] is False
+    assert manifest["input"] == {
+        "kind": "file", "path": str(DEMO), "sha256": hashlib.sha256(DEMO.read_bytes()).hexdigest(), "bytes": DEMO.stat().st_size,
+    }
+    assert manifest["counts"] == {"records_in": 24, "records_ok": 24, "records_failed": 0, "batches": 3}
+    assert manifest["timings"]["wall_seconds"] > 0 and manifest["timings"]["processing_seconds"] > 0
+    assert manifest["peak_memory"]["rss_bytes"] > 50 * 2**20
+    assert _is_hex(manifest["config_sha256"], HEX64)
+    stages = manifest["stages"]
+    assert list(stages) == ["source", "model", "outputs"]
+    assert all(_is_hex(stage["fingerprint"], HEX16) for stage in stages.values())
+    model = stages["model"]
+    assert model["task"] == "text-classification" and model["dtype"] == "float32" and model["device"] == "cpu"
+    assert model["quantization"] is None and model["trust_remote_code"] is False and model["model_class"] == "BertForSequenceClassification"
+    assert model["model"]["requested"] == "tiny:text-classification" and model["model"]["source"] == "tiny"
+    assert _is_hex(model["model"]["content_sha256"], HEX64)
+    assert model["model"]["content_sha256"] != hashlib.sha256(b"").hexdigest()
+    assert model["reads"] == ["text"] and model["writes"] == ["prediction"] and model["inputs"] == ["source"]
+    assert stages["outputs"]["records_written"] == 24
+
+
+def test_outputs_are_in_input_order_and_json_clean(demo_run):
+    outputs = read_jsonl(demo_run / "outputs.jsonl")
+    inputs = read_jsonl(DEMO)
+    assert [o["id"] for o in outputs] == [i["id"] for i in inputs]
+    assert [(o["text"], o["label"]) for o in outputs] == [(i["text"], i["label"]) for i in inputs]
+    for output in outputs:
+        [prediction] = output["prediction"]
+        assert prediction["label"] in {"POSITIVE", "NEGATIVE"} and isinstance(prediction["score"], float)
+    assert (demo_run / "errors.jsonl").read_text() == ""
+
+
+def test_metrics(demo_run):
+    metrics = json.loads((demo_run / "metrics.json").read_text())
+    outputs = read_jsonl(demo_run / "outputs.jsonl")
+    correct = sum(o["prediction"][0]["label"] == o["label"] for o in outputs)
+    quality = metrics["quality"]["model"]
+    assert quality["n"] == 24 and quality["accuracy"] == pytest.approx(correct / 24)
+    assert set(quality["per_class"]) <= {"POSITIVE", "NEGATIVE"} and quality["per_class"]["POSITIVE"]["support"] == 12
+    assert metrics["throughput"]["records"] == 24 and metrics["throughput"]["records_per_second"] > 0
+    latency = metrics["models"]["model"]["latency"]
+    assert latency["batches"] == 3 and 0 < latency["p50_ms"] <= latency["p90_ms"] <= latency["p99_ms"]
+    assert metrics["models"]["model"]["load_seconds"] > 0
+
+
+def test_fingerprints_follow_what_changes_outputs(tmp_path):
+    def model_fingerprint(*overrides: str) -> tuple[str, str]:
+        run_dir = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        manifest = api.run(["threads=1", "input.limit=2", *overrides], run_dir=run_dir).manifest()
+        return manifest["stages"]["model"]["fingerprint"], manifest["stages"]["model"]["model"]["content_sha256"]
+
+    baseline = model_fingerprint()
+    assert model_fingerprint("batch_size=2") == baseline  # batching does not change outputs
+    assert model_fingerprint("call.top_k=2")[0] != baseline[0]
+    copy = tmp_path / "copied-model"
+    shutil.copytree(tiny_model_path("text-classification"), copy)
+    local = model_fingerprint(f"model.id={copy}")
+    assert local[1] == baseline[1]  # same bytes, same content hash
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    changed = model_fingerprint(f"model.id={copy}")
+    assert changed[1] != local[1] and changed[0] != local[0]
+
+
+def test_cfg_job_prints_the_config_without_running(tmp_path):
+    done = run_cli("run", "batch_size=3", "--cfg", "job", cwd=tmp_path, check=True)
+    assert yaml.safe_load(done.stdout)["batch_size"] == 3
+    assert not (tmp_path / "runs").exists()
+
+
+def test_python_api_mirrors_the_cli(tmp_path):
+    result = api.run(["task=fill-mask", "model=tiny-fill-mask", "input=inline", "input.records=['Hello [MASK] world']", "call.top_k=2", "threads=1"], run_dir=tmp_path / "run")
+    assert result.status == "complete" and result.exit_code == 0 and result.run_dir == tmp_path / "run"
+    [output] = result.outputs()
+    assert len(output["prediction"]) == 2 and all("token_str" in p for p in output["prediction"])
+    assert result.errors() == [] and result.metrics()["throughput"]["records"] == 1
+    assert result.config()["call"] == {"top_k": 2}
+    assert api.RunResult.load(tmp_path / "run") == result
+    assert (tmp_path / "run" / ".hydra" / "overrides.yaml").exists()
+
+
+def test_a_run_folder_is_never_reused(tmp_path):
+    api.run(["threads=1", "input.limit=1"], run_dir=tmp_path / "run")
+    done = run_cli("run", "threads=1", "input.limit=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 2 and "already holds a run" in done.stderr
+    assert len(read_jsonl(tmp_path / "run" / "outputs.jsonl")) == 1
