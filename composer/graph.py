@@ -340,24 +340,27 @@ def _execute_batches(
     advance: Callable[[int], None],
     on_batch: Callable[[list[Record]], None],
 ) -> None:
+    *transforms, sink = graph.nodes[1:]
     for batch in _batches(graph.source.iter_records(), batch_size):
         stats.batches += 1
         stats.records_in += len(batch)
         failures = [item for item in batch if isinstance(item, RecordFailure)]
         records = [item for item in batch if not isinstance(item, RecordFailure)]
-        for node in graph.nodes[1:]:
+        for node in transforms:
             if not records:
                 break
             stage_started = time.perf_counter()
             records, failed = _run_stage(node.stage, records)
             stats.stage_seconds[node.stage.name] += time.perf_counter() - stage_started
             failures += failed
-        on_batch(records)
-        stats.records_ok += len(records)
         stats.records_failed += len(failures)
         on_failures(failures)
-        advance(len(batch))
         if failures and on_error == "fail":
+            # The batch in flight is dropped whole: outputs hold only batches before the failure.
             raise RunAborted(f"record {failures[0].id!r} failed in stage {failures[0].stage!r} and on_error=fail: {failures[0].message}")
+        sink.stage.process(records)
+        on_batch(records)
+        stats.records_ok += len(records)
+        advance(len(batch))
         if max_errors is not None and stats.records_failed >= max_errors:
             raise RunAborted(f"{stats.records_failed} records failed, reaching max_errors={max_errors}")
