@@ -156,3 +156,39 @@ def test_run_refuses_unknown_call_parameter(tmp_path):
     done = run_cli("run", "input=jsonl", f"input.path={data}", "call.topk=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert done.returncode == 2
     assert "call.topk: the text-classification pipeline does not accept 'topk'; did you mean 'top_k'?" in done.stderr
+
+
+def test_target_stages_are_limited_to_composer_unless_allowed(tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "targets.yaml").write_text(
+        "# @package _global_\n"
+        "preprocess:\n"
+        "  - {_target_: composer.stages.text.Template, template: 'Say: {text}', output_field: prompt}\n"
+        "postprocess:\n"
+        "  - {_target_: os.system, command: 'touch pwned'}\n"
+    )
+    search = [f"hydra.searchpath=[file://{tmp_path}]", "experiment=targets"]
+    assert issues_of(search) == [
+        "postprocess[0]._target_: 'os.system' is outside composer's stages; set allow_any_target=true to allow it"
+    ]
+    assert issues_of([*search, "allow_any_target=true"]) == ["postprocess[0]._target_: 'os.system' is not a composer Stage subclass"]
+    assert not (tmp_path / "pwned").exists()
+    config, graph = api.plan([search[0], "experiment=targets", "postprocess=[]"])
+    assert [n["type"] for n in graph.describe()] == ["JsonlSource", "Template", "PipelineStage", "OutputsSink"]
+
+
+def test_an_unreachable_hub_fails_fast_with_a_message(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env["HF_HOME"] = str(tmp_path / "hf-home")  # an empty cache
+    done = subprocess.run(
+        [sys.executable, "-m", "composer", "plan", "--deep", "model.id=someone/not-cached-model"],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    # Offline machines (CI) cannot reach the Hub; online ones learn that the repository does not exist.
+    assert (
+        "model.id 'someone/not-cached-model' is not a local directory and the Hugging Face Hub is unreachable" in done.stderr
+        or "model.id 'someone/not-cached-model' is neither a local directory nor a model on the Hugging Face Hub" in done.stderr
+    ), done.stderr
