@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import resource
 import sys
 import time
@@ -90,7 +91,16 @@ def plan(overrides: Sequence[str] = (), deep: bool = False, config_path: Path | 
     return config, graph
 
 
+def _quiet_library_noise() -> None:
+    """Silence import-time warnings that say nothing about the user's run: torchao reports
+    CUDA kernels and Triton it cannot load on CPU, and torch flags torchao's pytree use."""
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def deep_check(graph: Graph) -> None:
+    """The checks that import transformers but load no weights; raises ConfigError."""
+    _quiet_library_noise()
     issues = [issue for stage in graph.model_stages() for issue in stage.check()]
     if issues:
         raise ConfigError(issues)
