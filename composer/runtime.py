@@ -135,7 +135,12 @@ def _quantization_class(backend: str) -> type:
 
 
 def check_quantization_backend(quant: dict, path: str = "quantization") -> list[ConfigIssue]:
-    """Bind quantization params to the backend's config class and check the backend is installed."""
+    """Bind quantization params to the backend's config class and check the backend is installed.
+
+    The config object is then built for real (cheap, no weights): the backend classes validate
+    values only there (both load_in_* flags, dtype names, types), and otherwise those mistakes
+    surface only once the model loads, as a long loading traceback.
+    """
     backend, params = quant.get("backend", "none"), dict(quant.get("params") or {})
     if backend == "none":
         return []
@@ -144,18 +149,52 @@ def check_quantization_backend(quant: dict, path: str = "quantization") -> list[
         return [ConfigIssue(f"{path}.backend", f"{backend} quantization needs `pip install {package}`")]
     issues = []
     if backend == "torchao":
-        import torchao.quantization
-
-        quant_type = params.pop("quant_type", None)
-        params.pop("quant_type_kwargs", None)
-        if not hasattr(torchao.quantization, str(quant_type)):
-            options = [n for n in dir(torchao.quantization) if n.endswith("Config")]
-            issues.append(ConfigIssue(f"{path}.params.quant_type", f"torchao has no {quant_type!r}" + did_you_mean(str(quant_type), options)))
+        issues += _check_torchao_quant_type(params.pop("quant_type", None), params.pop("quant_type_kwargs", None), path)
     accepted = set(inspect.signature(_quantization_class(backend).__init__).parameters) - {"self", "kwargs"}
     for name in params:
         if name not in accepted:
             issues.append(ConfigIssue(f"{path}.params.{name}", f"not an argument of the {backend} config" + did_you_mean(name, accepted)))
+    if backend == "bitsandbytes":
+        import torch
+
+        if params.get("bnb_4bit_quant_type", "fp4") not in ("fp4", "nf4"):
+            # BitsAndBytesConfig accepts any string; bitsandbytes rejects it per layer while loading.
+            issues.append(ConfigIssue(f"{path}.params.bnb_4bit_quant_type", f"must be nf4 or fp4, got {params['bnb_4bit_quant_type']!r}"))
+        for name in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
+            value = params.get(name)
+            if isinstance(value, str) and not isinstance(getattr(torch, value, None), torch.dtype):
+                issues.append(ConfigIssue(f"{path}.params.{name}", f"not a torch dtype: {value!r} (e.g. bfloat16, float16, float32, uint8)"))
+    if issues:
+        return issues
+    try:
+        build_quantization(quant)
+    except Exception as error:  # noqa: BLE001 - the backend's own validation, reported as a config issue
+        named = [name for name in sorted(params, key=len, reverse=True) if name in str(error)]
+        key = f"{path}.params.{named[0]}" if named else f"{path}.params"
+        issues.append(ConfigIssue(key, f"{backend} rejects this: {type(error).__name__}: {error}"))
     return issues
+
+
+def _check_torchao_quant_type(quant_type: Any, quant_type_kwargs: Any, path: str) -> list[ConfigIssue]:
+    """quant_type must name a torchao config class, and quant_type_kwargs must bind to it."""
+    import torchao.quantization
+    from torchao.core.config import AOBaseConfig
+
+    quant_class = getattr(torchao.quantization, str(quant_type), None)
+    if not (inspect.isclass(quant_class) and issubclass(quant_class, AOBaseConfig)):
+        options = [n for n in dir(torchao.quantization) if n.endswith("Config")]
+        return [ConfigIssue(f"{path}.params.quant_type", f"torchao has no {quant_type!r} config class" + did_you_mean(str(quant_type), options))]
+    if quant_type_kwargs is not None and not isinstance(quant_type_kwargs, dict):
+        return [ConfigIssue(f"{path}.params.quant_type_kwargs", f"expected a mapping of {quant_type} arguments, got {quant_type_kwargs!r}")]
+    signature = inspect.signature(quant_class).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
+        return []
+    accepted = set(signature)
+    return [
+        ConfigIssue(f"{path}.params.quant_type_kwargs.{name}", f"not an argument of {quant_type}" + did_you_mean(name, accepted))
+        for name in quant_type_kwargs or {}
+        if name not in accepted
+    ]
 
 
 def build_quantization(quant: dict) -> Any | None:

@@ -3,6 +3,8 @@
 Pipelines return labelled scores in three shapes: one `{label, score}` dict, a list of them
 (top_k, token classification, fill-mask), or zero-shot's `{sequence, labels, scores}`. Each
 transform here handles all three through `_scored` / `_rebuild`, so one config works across tasks.
+A list of such lists (text-classification's `[[...]]` for a lone string when top_k is a build-time
+parameter) is transformed list by list.
 """
 
 from __future__ import annotations
@@ -44,9 +46,14 @@ class _OnField(Stage):
     def transform(self, prediction: Any) -> Any:
         raise NotImplementedError
 
+    def _apply(self, prediction: Any) -> Any:
+        if isinstance(prediction, list) and prediction and all(isinstance(inner, list) for inner in prediction):
+            return [self.transform(inner) for inner in prediction]
+        return self.transform(prediction)
+
     def process(self, records: list[Record]) -> list[Record]:
         # Transform every record before writing any, so a failed batch can be retried per record.
-        results = [self.transform(require_field(record, self.field, self.name)) for record in records]
+        results = [self._apply(require_field(record, self.field, self.name)) for record in records]
         for record, result in zip(records, results):
             record[self.output_field] = result
         return records
@@ -83,11 +90,25 @@ class MapLabels(_OnField):
             raise KeyError(f"label {label!r} is not in map_labels.mapping ({', '.join(self.mapping)})")
         return label
 
+    def _map_item(self, item: dict[str, Any]) -> dict[str, Any]:
+        # Token classification names its label `entity` (or `entity_group` when aggregated).
+        key = next((k for k in _LABEL_KEYS if k in item), None)
+        if key is None:
+            if self.strict:
+                raise KeyError(f"prediction {item!r} has no label ({', '.join(_LABEL_KEYS)}) to map")
+            return item
+        return {**item, key: self._map(item[key])}
+
     def transform(self, prediction: Any) -> Any:
-        if isinstance(prediction, str):
+        if isinstance(prediction, (str, int)):
+            # A bare label, e.g. a gold label column (`field: label`), which `datasets` often
+            # holds as a class index: `mapping: {0: negative, 1: positive}`.
             return self._map(prediction)
         shape, items = _scored(prediction)
-        return _rebuild(shape, prediction, [{**item, "label": self._map(item.get("label"))} for item in items])
+        return _rebuild(shape, prediction, [self._map_item(item) for item in items])
+
+
+_LABEL_KEYS = ("label", "entity_group", "entity")
 
 
 class Threshold(_OnField):
@@ -138,8 +159,12 @@ class Rename(Stage):
 
     def __init__(self, name: str, *, mapping: dict[str, str]):
         super().__init__(name, {"mapping": dict(mapping)})
-        if "id" in mapping:
-            raise ValueError("the id field cannot be renamed")
+        if "id" in mapping or "id" in mapping.values():
+            raise ValueError("the id field cannot be renamed, nor another field renamed to id")
+        targets = list(mapping.values())
+        if len(set(targets)) != len(targets):
+            twice = next(t for t in targets if targets.count(t) > 1)
+            raise ValueError(f"two fields are renamed to {twice!r}")
         self.mapping = dict(mapping)
         self.reads, self.writes = tuple(self.mapping), tuple(self.mapping.values())
 
@@ -150,7 +175,10 @@ class Rename(Stage):
         # Read every record before changing any, so a failed batch can be retried record by record.
         values = [{old: require_field(r, old, self.name) for old in self.mapping} for r in records]
         for record, old_values in zip(records, values):
-            for old, new in self.mapping.items():
+            # Remove every old name before writing any new one, so swaps ({a: b, b: a}) and
+            # chains ({a: b, b: c}) keep every value.
+            for old in self.mapping:
                 del record[old]
+            for old, new in self.mapping.items():
                 record[new] = old_values[old]
         return records

@@ -74,6 +74,10 @@ class RowSource(Source):
                 record_id, self.name, "KeyError",
                 f"{position} has no field {missing[0]!r} (fields: {fields}); set input.field/input.keep to existing fields",
             )
+        if row[self.field] is None:
+            # A short csv row, a column `datasets` filled with null, or an explicit JSON null: the
+            # model would fail on it with a message that names neither the row nor the field.
+            return RecordFailure(record_id, self.name, "ValueError", f"{position} has no value (null) in field {self.field!r}")
         record: Record = {"id": record_id, self.field: row[self.field]}
         if self.label_field:
             record["label"] = row.get(self.label_field)
@@ -123,20 +127,36 @@ class JsonlSource(FileSource):
     """One JSON object (or string) per line; blank lines are skipped, bad lines become errors."""
 
     def rows(self) -> Iterator[tuple[str, Any]]:
-        with self.path.open(encoding="utf-8") as handle:
+        # utf-8-sig: a byte-order mark (common in files saved on Windows) is not part of line 1.
+        with self.path.open(encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
                 position = f"line {number} of {self.path.name}"
                 try:
-                    yield position, json.loads(line)
+                    row = json.loads(line)
                 except json.JSONDecodeError as error:
                     yield position, RecordFailure(f"line-{number}", self.name, "JSONDecodeError", f"{position}: {error}")
+                    continue
+                if not isinstance(row, (dict, str)):
+                    yield position, RecordFailure(
+                        f"line-{number}", self.name, "TypeError",
+                        f"{position}: expected a JSON object or string, got {type(row).__name__}",
+                    )
+                    continue
+                yield position, row
 
     def total(self) -> int | None:
         self.data_fingerprint()
         lines = self._scan["lines"]
+        if self._scan["bytes"] and not self._ends_with_newline():
+            lines += 1  # the last line has no newline but is still a row
         return min(lines, self.limit) if self.limit else lines
+
+    def _ends_with_newline(self) -> bool:
+        with self.path.open("rb") as handle:
+            handle.seek(-1, 2)
+            return handle.read(1) == b"\n"
 
 
 class CsvSource(FileSource):
@@ -149,8 +169,10 @@ class CsvSource(FileSource):
     def rows(self) -> Iterator[tuple[str, Any]]:
         with self.path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle, delimiter=self.delimiter)
-            for number, row in enumerate(reader, start=2):
-                yield f"row {number} of {self.path.name}", row
+            for row in reader:
+                # The file line the row ends on (the header is row 1): DictReader skips blank
+                # lines and a quoted field may span lines, so counting rows would drift.
+                yield f"row {reader.line_num} of {self.path.name}", row
 
 
 class ParquetSource(FileSource):

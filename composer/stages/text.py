@@ -20,19 +20,33 @@ class Template(Stage):
 
     def __init__(self, name: str, *, template: str, output_field: str = "prompt"):
         super().__init__(name, {"template": template, "output_field": output_field})
-        placeholders = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+        placeholders = _placeholders(template)
         bad = [f for f in placeholders if not f.isidentifier()]
         if bad:
-            raise ValueError(f"template placeholders must be plain field names, got {{{bad[0]}}}")
+            hint = " (name the field, e.g. {text})" if bad[0] == "" else ""
+            raise ValueError(f"template placeholders must be plain field names, got {{{bad[0]}}}{hint}")
         self.template, self.output_field = template, output_field
         self.reads = tuple(dict.fromkeys(placeholders))
         self.writes = (output_field,)
 
     def process(self, records: list[Record]) -> list[Record]:
-        for record in records:
-            values = {field: require_field(record, field, self.name) for field in self.reads}
-            record[self.output_field] = self.template.format(**values)
+        # Format every record before writing any: a failed batch is retried record by record,
+        # and a record already written (e.g. output_field=text) would be templated twice.
+        prompts = [self.template.format(**{f: require_field(r, f, self.name) for f in self.reads}) for r in records]
+        for record, prompt in zip(records, prompts):
+            record[self.output_field] = prompt
         return records
+
+
+def _placeholders(template: str) -> list[str]:
+    """Every replacement field name, including `{}` (as '') and those nested in format specs."""
+    names: list[str] = []
+    for _, field, spec, _ in string.Formatter().parse(template):
+        if field is not None:
+            names.append(field)
+        if spec and "{" in spec:
+            names.extend(_placeholders(spec))
+    return names
 
 
 class Normalize(Stage):
@@ -64,17 +78,22 @@ class Normalize(Stage):
         self.reads, self.writes = (field,), (output_field,)
 
     def process(self, records: list[Record]) -> list[Record]:
-        for record in records:
-            text = require_field(record, self.field, self.name)
-            if not isinstance(text, str):
-                raise TypeError(f"record {record['id']!r}: field {self.field!r} is {type(text).__name__}, not text")
-            if self.unicode_form:
-                text = unicodedata.normalize(self.unicode_form, text)
-            if self.collapse:
-                text = re.sub(r"\s+", " ", text)
-            if self.strip:
-                text = text.strip()
-            if self.lowercase:
-                text = text.lower()
+        # Clean every record before writing any, so a failed batch can be retried record by record.
+        cleaned = [self._clean(record) for record in records]
+        for record, text in zip(records, cleaned):
             record[self.output_field] = text
         return records
+
+    def _clean(self, record: Record) -> str:
+        text = require_field(record, self.field, self.name)
+        if not isinstance(text, str):
+            raise TypeError(f"record {record['id']!r}: field {self.field!r} is {type(text).__name__}, not text")
+        if self.unicode_form:
+            text = unicodedata.normalize(self.unicode_form, text)
+        if self.collapse:
+            text = re.sub(r"\s+", " ", text)
+        if self.strip:
+            text = text.strip()
+        if self.lowercase:
+            text = text.lower()
+        return text
