@@ -169,14 +169,17 @@ def test_fingerprints_tell_precision_and_quantization_apart(runs):
     assert len(set(fingerprints.values())) == len(fingerprints), fingerprints
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stages/model.py describe() records model.hf_device_map, which transformers 5 sets only when a "
-    "device_map spans several devices: on one CPU the manifest says device_map=null although "
-    "model.device_map=auto was used",
-)
-def test_manifest_records_device_map_auto(runs):
-    assert runs("device-map-auto").manifest()["stages"]["model"]["device_map"] not in (None, {})
+def test_manifest_records_device_map_and_placement(runs):
+    model = runs("device-map-auto").manifest()["stages"]["model"]
+    assert model["device_map"] == "auto" and model["placement"] == {"": "cpu"}
+    assert runs("fp32").manifest()["stages"]["model"]["device_map"] is None
+
+
+def test_manifest_records_the_quantizer_that_really_loaded(runs):
+    assert runs("bnb-8bit").manifest()["stages"]["model"]["quantizer"] == "Bnb8BitHfQuantizer"
+    assert runs("bnb-4bit").manifest()["stages"]["model"]["quantizer"] == "Bnb4BitHfQuantizer"
+    assert runs("torchao-int8").manifest()["stages"]["model"]["quantizer"] == "TorchAoHfQuantizer"
+    assert runs("fp32").manifest()["stages"]["model"]["quantizer"] is None
 
 
 # --- the model really is what the config asked for -------------------------------------------------

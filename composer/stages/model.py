@@ -152,7 +152,12 @@ class PipelineStage(Stage):
             facts.update(
                 dtype=str(getattr(model, "dtype", None)).replace("torch.", ""),
                 device=str(getattr(self.pipe, "device", None)),
-                device_map=to_jsonable(getattr(model, "hf_device_map", None)),
+                # transformers sets hf_device_map only when a map spans several devices.
+                device_map=to_jsonable(self.model_config["device_map"]),
+                placement=to_jsonable(getattr(model, "hf_device_map", None) or {"": str(model.device)}),
+                # What actually loaded, not what was asked for: a quantization config that
+                # transformers ignored would show up here as null.
+                quantizer=type(model.hf_quantizer).__name__ if getattr(model, "hf_quantizer", None) else None,
                 model_class=type(model).__name__,
                 parameters=sum(p.numel() for p in model.parameters()),
             )
