@@ -18,6 +18,20 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Labelled sample rows shared by the source and transform tests, and the overrides they run with.
+BASE = ["task=text-classification", "model=tiny-text-classification", "threads=1", "progress=false"]
+
+# Every column is a string so that csv (which reads only strings) holds exactly the same rows as
+# jsonl, parquet and datasets, and the content-hash ids agree across all of them.
+ROWS = [
+    {"uid": "r1", "text": "I love this product and it works perfectly", "title": "Great", "label": "POSITIVE"},
+    {"uid": "r2", "text": "The package arrived broken", "title": "Bad", "label": "NEGATIVE"},
+    {"uid": "r3", "text": "Support never answered my emails", "title": "Slow", "label": "NEGATIVE"},
+    {"uid": "r4", "text": "Short one", "title": "Fine", "label": "POSITIVE"},
+    {"uid": "r5", "text": "Would buy again, great value for the price", "title": "Nice", "label": "POSITIVE"},
+]
+TEXTS = [row["text"] for row in ROWS]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def tiny_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

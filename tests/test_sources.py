@@ -18,20 +18,8 @@ import pytest
 from composer import api
 from composer.records import RecordFailure, to_jsonable
 from composer.stages.sources import CsvSource, DatasetSource, InlineSource, JsonlSource, ParquetSource
-from conftest import assert_close, read_jsonl, run_cli, write_jsonl
+from conftest import BASE, ROWS, TEXTS, assert_close, read_jsonl, run_cli, write_jsonl
 
-BASE = ["task=text-classification", "model=tiny-text-classification", "threads=1", "progress=false"]
-
-# Every column is a string so that csv (which reads only strings) holds exactly the same rows as
-# jsonl, parquet and datasets, and the content-hash ids agree across all of them.
-ROWS = [
-    {"uid": "r1", "text": "I love this product and it works perfectly", "title": "Great", "label": "POSITIVE"},
-    {"uid": "r2", "text": "The package arrived broken", "title": "Bad", "label": "NEGATIVE"},
-    {"uid": "r3", "text": "Support never answered my emails", "title": "Slow", "label": "NEGATIVE"},
-    {"uid": "r4", "text": "Short one", "title": "Fine", "label": "POSITIVE"},
-    {"uid": "r5", "text": "Would buy again, great value for the price", "title": "Nice", "label": "POSITIVE"},
-]
-TEXTS = [row["text"] for row in ROWS]
 
 
 def hand_id(row: dict) -> str:

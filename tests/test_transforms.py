@@ -17,18 +17,8 @@ from composer.records import to_jsonable
 from composer.schema import ConfigError
 from composer.stages.post import MapLabels, Rename, Select, Threshold, TopK
 from composer.stages.text import Normalize, Template
-from conftest import assert_close, read_jsonl, run_cli, write_jsonl
+from conftest import BASE, ROWS, TEXTS, assert_close, read_jsonl, run_cli, write_jsonl
 
-BASE = ["task=text-classification", "model=tiny-text-classification", "threads=1", "progress=false"]
-
-ROWS = [
-    {"uid": "r1", "title": "Great", "text": "I love this product and it works perfectly", "label": "POSITIVE"},
-    {"uid": "r2", "title": "Bad", "text": "The package arrived broken", "label": "NEGATIVE"},
-    {"uid": "r3", "title": "Slow", "text": "Support never answered my emails", "label": "NEGATIVE"},
-    {"uid": "r4", "title": "Fine", "text": "Short one", "label": "POSITIVE"},
-    {"uid": "r5", "title": "Nice", "text": "Would buy again, great value for the price", "label": "POSITIVE"},
-]
-TEXTS = [row["text"] for row in ROWS]
 
 
 def experiment(tmp_path: Path, body: str, name: str = "x") -> list[str]:
