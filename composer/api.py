@@ -14,7 +14,9 @@ import datetime as dt
 import hashlib
 import logging
 import resource
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -26,7 +28,7 @@ from omegaconf import OmegaConf
 
 from composer import runstore
 from composer.configuration import compose_config
-from composer.graph import MODEL, ExecutionStats, Graph, RunAborted, execute, plan as plan_graph
+from composer.graph import MODEL, ExecutionPolicy, ExecutionStats, Graph, RunAborted, RunInterrupted, execute, plan as plan_graph
 from composer.metrics import QualityAccumulator, latency_summary
 from composer.records import canonical_json
 from composer.schema import ConfigError, validate
@@ -61,7 +63,7 @@ class RunResult:
         return runstore.read_jsonl(self.run_dir / runstore.ERRORS)
 
     def config(self) -> dict[str, Any]:
-        return OmegaConf.to_container(OmegaConf.load(self.run_dir / runstore.CONFIG))
+        return runstore.read_config(self.run_dir)
 
 
 def compose(overrides: Sequence[str] = (), config_path: Path | None = None) -> dict[str, Any]:
@@ -119,6 +121,18 @@ def run(overrides: Sequence[str] = (), run_dir: str | Path | None = None, config
     return execute_config(config, run_dir, list(overrides))
 
 
+def resume(run_dir: str | Path) -> RunResult:
+    """Continue the run in `run_dir` with the config it was started with."""
+    run_dir = Path(run_dir)
+    if not (run_dir / runstore.MANIFEST).exists():
+        raise FileNotFoundError(f"{run_dir} holds no run (no manifest.json)")
+    config = runstore.read_config(run_dir)
+    issues = validate(config)
+    if issues:
+        raise ConfigError(issues)
+    return execute_config(config, run_dir, runstore.read_json(run_dir / runstore.MANIFEST).get("overrides", []))
+
+
 def _progress(enabled: bool | None, total: int | None):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -150,91 +164,149 @@ def _peak_memory() -> dict[str, Any]:
     return peak
 
 
-def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) -> RunResult:
-    """Run a validated config into `run_dir`. Config mistakes raise ConfigError before anything
-    loads; every other outcome is recorded in the manifest and returned."""
-    from composer.repro import git_state, package_versions, platform_info, seed_everything
-    from composer.runtime import set_threads
+class _StopRequests:
+    """Ctrl-C / SIGTERM during a run: the first finishes the batch in flight and stops cleanly
+    (manifest `interrupted`, exit 130); a second interrupts at once."""
 
-    graph = plan_graph(config, run_dir=str(run_dir))
-    deep_check(graph)
-    runstore.prepare(run_dir)
-    started_at = dt.datetime.now(dt.timezone.utc)
-    wall_started = time.perf_counter()
-    OmegaConf.save(OmegaConf.create(config), run_dir / runstore.CONFIG)
-    (run_dir / runstore.ERRORS).touch()
-    manifest: dict[str, Any] = {
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ncomposer: stopping after the batch in flight (press Ctrl-C again to stop now)", file=sys.stderr)
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _new_manifest(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    from composer.repro import git_state, package_versions, platform_info
+
+    return {
         "status": "running",
         "name": config["name"],
         "task": config["task"],
-        "started_at": started_at.isoformat(),
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "config_sha256": hashlib.sha256(canonical_json(config).encode()).hexdigest(),
         "overrides": overrides,
         "seed": config["seed"],
         "versions": package_versions(),
         "git": git_state(Path.cwd()),
         "platform": platform_info(),
+        "attempts": [],
     }
+
+
+def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) -> RunResult:
+    """Run a validated config into `run_dir`, or continue the run already there.
+
+    Config mistakes raise ConfigError, and a folder holding another config's run raises
+    ResumeRefused, before anything loads; every other outcome is recorded in the manifest.
+    An earlier attempt's finished records are skipped by id, so a resumed run's outputs equal
+    an uninterrupted run's.
+    """
+    from composer.repro import seed_everything
+    from composer.runtime import set_threads
+
+    graph = plan_graph(config, run_dir=str(run_dir))
+    deep_check(graph)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = runstore.previous_attempt(run_dir, config)
+    graph.source.setup()
+    input_fingerprint = graph.source.data_fingerprint()
+    if manifest is not None:
+        if manifest["status"] in runstore.FINISHED:
+            return RunResult(run_dir, manifest["status"], manifest["exit_code"])
+        if manifest.get("input") not in (None, input_fingerprint):
+            changed = runstore.differences(manifest["input"], input_fingerprint)
+            raise runstore.ResumeRefused(f"the input changed since the run in {run_dir} began: " + "; ".join(changed))
+        for name in (runstore.OUTPUTS, runstore.ERRORS):
+            runstore.repair_torn_tail(run_dir / name)
+        skip_ids = runstore.written_ids(run_dir)
+    else:
+        manifest, skip_ids = _new_manifest(config, overrides), set()
+        OmegaConf.save(OmegaConf.create(config), run_dir / runstore.CONFIG)
+    manifest.update(status="running", input=input_fingerprint)
+    attempt: dict[str, Any] = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(), "skipped": len(skip_ids)}
+    manifest["attempts"].append(attempt)
     runstore.write_json(run_dir / runstore.MANIFEST, manifest)
     errors = runstore.JsonlAppender(run_dir / runstore.ERRORS)
-    # Gold labels belong to the main task; an extra fan-out model (say, a topic classifier) is
-    # not scored against them.
-    main_model = next(stage for stage in graph.model_stages() if stage.name == MODEL)
-    qualities = {}
-    if main_model.task in LABELLED_TASKS and config["input"].get("label_field"):
-        qualities[MODEL] = QualityAccumulator(main_model.output_field)
     stats = ExecutionStats()
     status, exit_code, error_info = "failed", EXIT_FAILED, None
+    wall_started = time.perf_counter()
     try:
         seed_everything(config["seed"])
         manifest["threads"] = set_threads(config["threads"])
         manifest["device"] = _device_facts()
         setup_started = time.perf_counter()
-        for stage in graph.stages():
+        for stage in graph.stages()[1:]:
             stage.setup()
-        manifest["setup_seconds"] = time.perf_counter() - setup_started
-        manifest["input"] = graph.source.data_fingerprint()
-        progress, task_id = _progress(config["progress"], graph.source.total())
-        with progress:
+        attempt["setup_seconds"] = time.perf_counter() - setup_started
+        total = graph.source.total()
+        progress, task_id = _progress(config["progress"], None if total is None else max(total - len(skip_ids), 0))
+        with progress, _StopRequests() as stop:
             def advance(n: int) -> None:
                 done = progress.tasks[0].completed + n
                 elapsed = max(progress.tasks[0].elapsed or 0.0, 1e-9)
                 progress.update(task_id, completed=done, rate=f"{done / elapsed:.1f}/s")
 
-            execute(
-                graph,
-                stats,
-                config["batch_size"],
-                errors.write_many,
+            policy = ExecutionPolicy(
+                batch_size=config["batch_size"],
                 on_error=config["on_error"],
                 max_errors=config["max_errors"],
-                advance=advance,
-                on_batch=lambda records: [q.add(records) for q in qualities.values()],
+                errors_before=runstore.count_lines(run_dir / runstore.ERRORS),
+                skip_ids=skip_ids,
+                should_stop=lambda: stop.requested,
             )
-        status = "complete" if stats.records_failed == 0 else "completed_with_errors"
-        exit_code = EXIT_OK if stats.records_failed == 0 else EXIT_RECORD_ERRORS
+            execute(graph, stats, policy, errors.write_many, advance=advance)
+        failed = runstore.count_lines(run_dir / runstore.ERRORS)
+        status = "complete" if failed == 0 else "completed_with_errors"
+        exit_code = EXIT_OK if failed == 0 else EXIT_RECORD_ERRORS
     except RunAborted as error:
         status, exit_code, error_info = "aborted", EXIT_ABORTED, {"type": "RunAborted", "message": str(error)}
-    except KeyboardInterrupt:
-        status, exit_code, error_info = "interrupted", EXIT_INTERRUPTED, {"type": "KeyboardInterrupt", "message": "interrupted"}
+    except (RunInterrupted, KeyboardInterrupt) as error:
+        message = str(error) or "interrupted"
+        status, exit_code, error_info = "interrupted", EXIT_INTERRUPTED, {"type": type(error).__name__, "message": message}
     except Exception as error:  # noqa: BLE001 - recorded in the manifest and reported without a traceback
         error_info = {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc()}
     finally:
         errors.close()
-        for stage in graph.stages():
-            manifest.setdefault("stages", {})[stage.name] = _stage_facts(graph, stage)
+        manifest["stages"] = {stage.name: _stage_facts(graph, stage) for stage in graph.stages()}
         for stage in graph.stages():
             stage.close()
-    wall = time.perf_counter() - wall_started
-    metrics = _metrics(graph, stats, qualities)
-    runstore.write_json(run_dir / runstore.METRICS, metrics)
+    attempt.update(
+        finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+        status=status,
+        records_ok=stats.records_ok,
+        records_failed=stats.records_failed,
+        batches=stats.batches,
+    )
+    runstore.write_json(run_dir / runstore.METRICS, _metrics(graph, stats, run_dir, config))
     manifest.update(
         status=status,
         exit_code=exit_code,
-        finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
-        counts={"records_in": stats.records_in, "records_ok": stats.records_ok,
-                "records_failed": stats.records_failed, "batches": stats.batches},
-        timings={"wall_seconds": wall, "processing_seconds": stats.seconds, "stage_seconds": stats.stage_seconds},
+        finished_at=attempt["finished_at"],
+        counts={
+            "records_in": runstore.count_lines(run_dir / runstore.OUTPUTS) + runstore.count_lines(run_dir / runstore.ERRORS),
+            "records_ok": runstore.count_lines(run_dir / runstore.OUTPUTS),
+            "records_failed": runstore.count_lines(run_dir / runstore.ERRORS),
+            "batches": sum(a.get("batches", 0) for a in manifest["attempts"]),
+        },
+        timings={
+            "wall_seconds": time.perf_counter() - wall_started,
+            "processing_seconds": stats.seconds,
+            "stage_seconds": stats.stage_seconds,
+        },
         peak_memory=_peak_memory(),
         error=error_info,
     )
@@ -255,18 +327,28 @@ def _stage_facts(graph: Graph, stage: Any) -> dict[str, Any]:
     }
 
 
-def _metrics(graph: Graph, stats: ExecutionStats, qualities: dict[str, QualityAccumulator]) -> dict[str, Any]:
+def _metrics(graph: Graph, stats: ExecutionStats, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Throughput and latency of this attempt; quality over every record in outputs.jsonl, so a
+    resumed run is scored on all of its records."""
     seconds = stats.seconds
-    throughput = {
-        "records": stats.records_ok,
-        "seconds": seconds,
-        "records_per_second": stats.records_ok / seconds if seconds > 0 else None,
-    }
-    return {
-        "throughput": throughput,
+    metrics: dict[str, Any] = {
+        "throughput": {
+            "records": stats.records_ok,
+            "seconds": seconds,
+            "records_per_second": stats.records_ok / seconds if seconds > 0 else None,
+        },
         "models": {
             stage.name: {"load_seconds": stage.load_seconds, "latency": latency_summary(stage.batch_seconds)}
             for stage in graph.model_stages()
         },
-        "quality": {name: q.result() for name, q in qualities.items() if q.result() is not None},
+        "quality": {},
     }
+    # Gold labels belong to the main task; an extra fan-out model (say, a topic classifier) is
+    # not scored against them.
+    main_model = next(stage for stage in graph.model_stages() if stage.name == MODEL)
+    if main_model.task in LABELLED_TASKS and config["input"].get("label_field"):
+        quality = QualityAccumulator(main_model.output_field)
+        quality.add(runstore.iter_jsonl(run_dir / runstore.OUTPUTS))
+        if (result := quality.result()) is not None:
+            metrics["quality"][MODEL] = result
+    return metrics

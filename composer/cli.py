@@ -19,6 +19,8 @@ USAGE = """usage: composer <verb> [options] [overrides...]
 verbs:
   run   [overrides]          compose configs/ with Hydra and run it into a run folder
                              (Hydra flags work: -m/--multirun, --cfg job, hydra.run.dir=...)
+  resume RUN_DIR             continue a crashed or interrupted run: finished records are
+                             skipped by id, a torn last line is repaired
   plan  [--deep] [overrides] validate and print the resolved config and the stage graph;
                              loads no model (--deep also checks task parameters, quantization
                              arguments and that the model can be found; imports transformers)
@@ -52,7 +54,7 @@ def _hydra_job(cfg) -> None:
 
     from composer import api
     from composer.configuration import resolve
-    from composer.runstore import RunFolderInUse
+    from composer.runstore import ResumeRefused
     from composer.schema import validate
 
     hydra_cfg = HydraConfig.get()
@@ -67,7 +69,7 @@ def _hydra_job(cfg) -> None:
         _print_issues(error)
         _exit_codes.append(api.EXIT_CONFIG)
         return
-    except RunFolderInUse as error:
+    except ResumeRefused as error:
         print(f"composer: {error}", file=sys.stderr)
         _exit_codes.append(api.EXIT_CONFIG)
         return
@@ -120,6 +122,22 @@ def run_command(argv: Sequence[str]) -> int:
     return max(_exit_codes, default=api.EXIT_OK)
 
 
+def resume_command(argv: Sequence[str]) -> int:
+    from composer import api
+    from composer.runstore import ResumeRefused
+
+    parser = argparse.ArgumentParser(prog="composer resume", description="continue an interrupted or crashed run")
+    parser.add_argument("run_dir", type=Path)
+    args = parser.parse_args(list(argv))
+    try:
+        result = api.resume(args.run_dir)
+    except (ConfigError, ResumeRefused, FileNotFoundError) as error:
+        print(f"composer: {error}", file=sys.stderr)
+        return api.EXIT_CONFIG
+    _report(result)
+    return result.exit_code
+
+
 def plan_command(argv: Sequence[str]) -> int:
     from omegaconf import OmegaConf
 
@@ -151,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     verb, rest = argv[0], argv[1:]
-    commands = {"run": run_command, "plan": plan_command}
+    commands = {"run": run_command, "plan": plan_command, "resume": resume_command}
     if verb not in commands:
         print(f"composer: unknown verb {verb!r}\n\n{USAGE}", file=sys.stderr)
         return 2

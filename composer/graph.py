@@ -284,6 +284,7 @@ class ExecutionStats:
     records_in: int = 0
     records_ok: int = 0
     records_failed: int = 0
+    records_skipped: int = 0  # finished by an earlier attempt of a resumed run
     batches: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -310,38 +311,56 @@ def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
+@dataclass
+class ExecutionPolicy:
+    """How a run treats failures, what it skips, and when it stops."""
+
+    batch_size: int
+    on_error: str = "skip"
+    max_errors: int | None = None
+    errors_before: int = 0  # failures recorded by earlier attempts (they count toward max_errors)
+    skip_ids: set[str] = field(default_factory=set)  # records finished by an earlier attempt
+    should_stop: Callable[[], bool] = lambda: False  # checked between batches (Ctrl-C, SIGTERM)
+
+
+class RunInterrupted(Exception):
+    """A stop was requested; the batch in flight was finished and written first."""
+
+
 def execute(
     graph: Graph,
     stats: ExecutionStats,
-    batch_size: int,
+    policy: ExecutionPolicy,
     on_failures: Callable[[list[RecordFailure]], None],
-    on_error: str = "skip",
-    max_errors: int | None = None,
     advance: Callable[[int], None] = lambda n: None,
-    on_batch: Callable[[list[Record]], None] = lambda records: None,
 ) -> None:
     """Stream the source through the stages, counting into `stats` as batches finish (so the
     counts stay true when the run is aborted); records leave in input order."""
     stats.stage_seconds = {s.name: 0.0 for s in graph.stages()}
     started = time.perf_counter()
     try:
-        _execute_batches(graph, stats, batch_size, on_failures, on_error, max_errors, advance, on_batch)
+        _execute_batches(graph, stats, policy, on_failures, advance)
     finally:
         stats.seconds = time.perf_counter() - started
+
+
+def _unfinished(items: Iterator[Record | RecordFailure], skip_ids: set[str], stats: ExecutionStats) -> Iterator[Any]:
+    for item in items:
+        if (item.id if isinstance(item, RecordFailure) else item["id"]) in skip_ids:
+            stats.records_skipped += 1
+            continue
+        yield item
 
 
 def _execute_batches(
     graph: Graph,
     stats: ExecutionStats,
-    batch_size: int,
+    policy: ExecutionPolicy,
     on_failures: Callable[[list[RecordFailure]], None],
-    on_error: str,
-    max_errors: int | None,
     advance: Callable[[int], None],
-    on_batch: Callable[[list[Record]], None],
 ) -> None:
     *transforms, sink = graph.nodes[1:]
-    for batch in _batches(graph.source.iter_records(), batch_size):
+    for batch in _batches(_unfinished(graph.source.iter_records(), policy.skip_ids, stats), policy.batch_size):
         stats.batches += 1
         stats.records_in += len(batch)
         failures = [item for item in batch if isinstance(item, RecordFailure)]
@@ -355,12 +374,15 @@ def _execute_batches(
             failures += failed
         stats.records_failed += len(failures)
         on_failures(failures)
-        if failures and on_error == "fail":
+        if failures and policy.on_error == "fail":
             # The batch in flight is dropped whole: outputs hold only batches before the failure.
-            raise RunAborted(f"record {failures[0].id!r} failed in stage {failures[0].stage!r} and on_error=fail: {failures[0].message}")
+            first = failures[0]
+            raise RunAborted(f"record {first.id!r} failed in stage {first.stage!r} and on_error=fail: {first.message}")
         sink.stage.process(records)
-        on_batch(records)
         stats.records_ok += len(records)
         advance(len(batch))
-        if max_errors is not None and stats.records_failed >= max_errors:
-            raise RunAborted(f"{stats.records_failed} records failed, reaching max_errors={max_errors}")
+        failed = policy.errors_before + stats.records_failed
+        if policy.max_errors is not None and failed >= policy.max_errors:
+            raise RunAborted(f"{failed} records failed, reaching max_errors={policy.max_errors}")
+        if policy.should_stop():
+            raise RunInterrupted("stopped on request after finishing the batch in flight")

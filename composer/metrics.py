@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from composer.records import Record
@@ -29,7 +30,7 @@ class QualityAccumulator:
         self.gold: list[str] = []
         self.predicted: list[str] = []
 
-    def add(self, records: list[Record]) -> None:
+    def add(self, records: Iterable[Record]) -> None:
         for record in records:
             if record.get("label") is not None and self.output_field in record:
                 self.gold.append(str(record["label"]))

@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
+
+import yaml
 
 from composer.records import to_jsonable
 
@@ -18,6 +21,7 @@ MANIFEST = "manifest.json"
 OUTPUTS = "outputs.jsonl"
 ERRORS = "errors.jsonl"
 METRICS = "metrics.json"
+_CHUNK = 1 << 16
 
 
 class JsonlAppender:
@@ -47,24 +51,105 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    return list(iter_jsonl(path))
 
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-class RunFolderInUse(Exception):
-    """The folder already holds a run; writing into it would mix two runs."""
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Stream the JSON lines of a file (nothing if it does not exist)."""
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
 
 
-def prepare(run_dir: Path) -> None:
-    """Create the run folder; refuse one that already holds a run's manifest."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if (run_dir / MANIFEST).exists():
-        raise RunFolderInUse(
-            f"{run_dir} already holds a run (manifest.json exists); choose a new folder with hydra.run.dir=..."
+# Settings that never change a record's output (DESIGN.md: batching does not change outputs), so
+# a run may be resumed with other values; any other difference means a different run.
+RESUME_IGNORED_KEYS = frozenset({"progress", "threads", "batch_size", "max_errors", "on_error", "cache"})
+FINISHED = ("complete", "completed_with_errors")
+
+
+class ResumeRefused(Exception):
+    """The folder holds a run that this config cannot continue."""
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], ignored: frozenset[str] = frozenset()) -> list[str]:
+    """'key: old -> new' for every leaf that differs, ignoring the given top-level keys."""
+    before, after = _flatten(old), _flatten(new)
+    lines = []
+    for key in sorted(set(before) | set(after)):
+        if key.split(".")[0] in ignored or before.get(key, "<unset>") == after.get(key, "<unset>"):
+            continue
+        lines.append(f"{key}: {before.get(key, '<unset>')!r} -> {after.get(key, '<unset>')!r}")
+    return lines
+
+
+def repair_torn_tail(path: Path) -> bool:
+    """Cut a last line that a crash left half-written; True if something was cut."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with path.open("rb+") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        handle.seek(end - 1)
+        if handle.read(1) == b"\n":
+            return False
+        position = end
+        while position > 0:  # walk back in chunks to the last complete line
+            start = max(0, position - _CHUNK)
+            handle.seek(start)
+            newline = handle.read(position - start).rfind(b"\n")
+            if newline >= 0:
+                handle.truncate(start + newline + 1)
+                return True
+            position = start
+        handle.truncate(0)
+    return True
+
+
+def written_ids(run_dir: Path) -> set[str]:
+    """Ids already in outputs.jsonl or errors.jsonl: a resumed run skips them."""
+    return {row["id"] for name in (OUTPUTS, ERRORS) for row in iter_jsonl(run_dir / name)}
+
+
+def count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The resolved config a run was started with."""
+    return yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
+
+
+def previous_attempt(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest of an earlier attempt in this folder, if it may be continued with `config`.
+
+    Raises ResumeRefused naming every setting that changed since then.
+    """
+    if not (run_dir / MANIFEST).exists():
+        return None
+    manifest = read_json(run_dir / MANIFEST)
+    changed = differences(read_config(run_dir), config, RESUME_IGNORED_KEYS)
+    if changed:
+        listing = "\n".join(f"  - {line}" for line in changed)
+        raise ResumeRefused(
+            f"{run_dir} holds a run with another config, so it cannot be continued:\n{listing}\n"
+            "Choose a new folder with hydra.run.dir=..., or run again with the same config to resume."
         )
+    return manifest

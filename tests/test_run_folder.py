@@ -146,8 +146,12 @@ def test_python_api_mirrors_the_cli(tmp_path):
     assert (tmp_path / "run" / ".hydra" / "overrides.yaml").exists()
 
 
-def test_a_run_folder_is_never_reused(tmp_path):
+def test_a_finished_run_folder_is_kept_and_another_config_refused(tmp_path):
     api.run(["threads=1", "input.limit=1"], run_dir=tmp_path / "run")
-    done = run_cli("run", "threads=1", "input.limit=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert done.returncode == 2 and "already holds a run" in done.stderr
-    assert len(read_jsonl(tmp_path / "run" / "outputs.jsonl")) == 1
+    before = (tmp_path / "run" / "outputs.jsonl").read_bytes()
+    again = run_cli("run", "threads=1", "input.limit=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert again.returncode == 0 and "run complete" in again.stderr
+    other = run_cli("run", "threads=1", "input.limit=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert other.returncode == 2
+    assert "holds a run with another config, so it cannot be continued:\n  - input.limit: 1 -> 2" in other.stderr
+    assert (tmp_path / "run" / "outputs.jsonl").read_bytes() == before
