@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from composer import runstore
 from composer.configuration import compose_config
 from composer.graph import MODEL, ExecutionPolicy, ExecutionStats, Graph, RunAborted, RunInterrupted, execute, plan as plan_graph
-from composer.metrics import QualityAccumulator, latency_summary
+from composer.metrics import QualityAccumulator, latency_summary, quality_accumulator
 from composer.records import canonical_json
 from composer.schema import ConfigError, validate
 from composer.tasks import LABELLED_TASKS
@@ -311,6 +311,10 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
         error=error_info,
     )
     runstore.write_json(run_dir / runstore.MANIFEST, manifest)
+    if (config.get("logger") or {}).get("type", "none") != "none":
+        from composer.mlflow_logger import log_run
+
+        log_run(run_dir, config)
     return RunResult(run_dir, status, exit_code)
 
 
@@ -346,8 +350,9 @@ def _metrics(graph: Graph, stats: ExecutionStats, run_dir: Path, config: dict[st
     # Gold labels belong to the main task; an extra fan-out model (say, a topic classifier) is
     # not scored against them.
     main_model = next(stage for stage in graph.model_stages() if stage.name == MODEL)
-    if main_model.task in LABELLED_TASKS and config["input"].get("label_field"):
-        quality = QualityAccumulator(main_model.output_field)
+    # The metrics are the config's `metrics` (auto: by task).
+    quality = quality_accumulator(main_model.task, main_model.output_field, config.get("metrics", "auto"))
+    if quality is not None and config["input"].get("label_field"):
         quality.add(runstore.iter_jsonl(run_dir / runstore.OUTPUTS))
         if (result := quality.result()) is not None:
             metrics["quality"][MODEL] = result

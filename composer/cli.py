@@ -23,6 +23,9 @@ verbs:
                              skipped by id, a torn last line is repaired
   verify RUN_DIR             re-execute a finished run from its folder alone; exit 0 when the
                              outputs are byte-identical and no recorded fact drifted, else 1
+  report PATH... [--baseline RUN] [--out DIR]
+                             summary.csv, report.md and report.html (with plots) over run and
+                             sweep folders; `run -m` writes one into the sweep folder itself
   plan  [--deep] [overrides] validate and print the resolved config and the stage graph;
                              loads no model (--deep also checks task parameters, quantization
                              arguments and that the model can be found; imports transformers)
@@ -53,8 +56,12 @@ def _hydra_overrides_and_config_dir(argv: Sequence[str]) -> tuple[list[str], Pat
     return list(args.overrides), Path(args.config_dir) if args.config_dir else None, not special
 
 
-def _hydra_job(cfg) -> None:
-    """The Hydra task function: one run per job, into Hydra's output folder."""
+def _hydra_job(cfg) -> float | None:
+    """The Hydra task function: one run per job, into Hydra's output folder.
+
+    No exception leaves it: a job that cannot run records why in its folder (job_error.json)
+    and the sweep goes on. It returns the config's `objective` (for sweepers such as Optuna).
+    """
     from hydra.core.hydra_config import HydraConfig
 
     from composer import api
@@ -63,23 +70,48 @@ def _hydra_job(cfg) -> None:
     from composer.schema import validate
 
     hydra_cfg = HydraConfig.get()
+    job_dir, task_overrides = Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task)
     plain, issues = resolve(cfg)
     try:
         if plain is not None:
             issues += validate(plain)
         if issues:
             raise ConfigError(issues)
-        result = api.execute_config(plain, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+        result = api.execute_config(plain, job_dir, task_overrides)
     except ConfigError as error:
         _print_issues(error)
-        _exit_codes.append(api.EXIT_CONFIG)
-        return
+        return _job_failed(job_dir, error, api.EXIT_CONFIG, task_overrides, plain)
     except ResumeRefused as error:
         print(f"composer: {error}", file=sys.stderr)
-        _exit_codes.append(api.EXIT_CONFIG)
-        return
+        _exit_codes.append(api.EXIT_CONFIG)  # the folder holds another run: leave it untouched
+        return _objective(plain, None)
+    except Exception as error:  # noqa: BLE001 - one job's failure must not end the sweep
+        print(f"composer: job failed before its run started: {type(error).__name__}: {error}", file=sys.stderr)
+        return _job_failed(job_dir, error, api.EXIT_FAILED, task_overrides, plain)
     _report(result)
     _exit_codes.append(result.exit_code)
+    return _objective(plain, result.run_dir)
+
+
+def _job_failed(job_dir: Path, error: Exception, exit_code: int, overrides: list[str], plain) -> float | None:
+    from composer.sweep import record_job_error
+
+    record_job_error(job_dir, error, exit_code, overrides)
+    _exit_codes.append(exit_code)
+    return _objective(plain, None)
+
+
+def _objective(plain, run_dir: Path | None) -> float | None:
+    """The value of `objective` (a metrics.json path) for this job; NaN when it did not finish."""
+    from composer.sweep import objective_value
+
+    objective = (plain or {}).get("objective")
+    if not objective:
+        return None
+    return objective_value(run_dir, objective) if run_dir is not None else float("nan")
+
+
+_SCORE_NAMES = {"macro_f1": "macro-F1", "exact_match": "exact match", "token_f1": "token F1", "wer": "WER", "cer": "CER"}
 
 
 def _report(result) -> None:
@@ -93,7 +125,9 @@ def _report(result) -> None:
             lines.append(f"  note ({name}): {note}")
     lines.append(f"  records: {counts['records_ok']} ok, {counts['records_failed']} failed (errors.jsonl)")
     for name, quality in metrics.get("quality", {}).items():
-        lines.append(f"  {name}: accuracy {quality['accuracy']:.3f}, macro-F1 {quality['macro_f1']:.3f} on {quality['n']} labelled")
+        scores = ", ".join(f"{_SCORE_NAMES.get(key, key)} {value:.3f}" for key, value in quality.items()
+                           if isinstance(value, float))
+        lines.append(f"  {name}: {scores} on {quality['n']} labelled")
     rate = metrics["throughput"]["records_per_second"]
     if rate:
         lines.append(f"  throughput: {rate:.1f} records/s")
@@ -124,7 +158,9 @@ def run_command(argv: Sequence[str]) -> int:
         main()
     finally:
         sys.argv = saved_argv
-    return max(_exit_codes, default=api.EXIT_OK)
+    from composer.callbacks import last_sweep_exit_codes  # jobs run by other processes (joblib, submitit)
+
+    return max([*_exit_codes, *last_sweep_exit_codes], default=api.EXIT_OK)
 
 
 def resume_command(argv: Sequence[str]) -> int:
@@ -157,6 +193,12 @@ def verify_command(argv: Sequence[str]) -> int:
         return api.EXIT_CONFIG
     print("\n".join(report.lines()))
     return 0 if report.identical else 1
+
+
+def report_command(argv: Sequence[str]) -> int:
+    from composer.report import main as report_main
+
+    return report_main(argv)
 
 
 def plan_command(argv: Sequence[str]) -> int:
@@ -214,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     verb, rest = argv[0], argv[1:]
-    commands = {"run": run_command, "plan": plan_command, "models": models_command, "resume": resume_command, "verify": verify_command}
+    commands = {"run": run_command, "plan": plan_command, "models": models_command, "resume": resume_command, "verify": verify_command,
+                "report": report_command}
     if verb not in commands:
         print(f"composer: unknown verb {verb!r}\n\n{USAGE}", file=sys.stderr)
         return 2

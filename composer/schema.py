@@ -68,6 +68,26 @@ class InputConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Where a finished run is also logged (`logger=none|mlflow`); the run folder stays the record."""
+
+    type: Literal["none", "mlflow"] = "none"
+    tracking_uri: str | None = None  # mlflow: null -> sqlite:///mlflow.db in the working directory; any server URI
+    experiment: str | None = None  # null: the run's name
+    run_name: str | None = None  # null: the run folder's name (the job number in a sweep)
+    artifacts: bool = True  # log the run folder's files as artifacts
+    tags: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class CacheConfig:
+    """The opt-in result cache (`cache=on|off`)."""
+
+    enabled: bool = False
+    path: str | None = None  # null: $COMPOSER_CACHE_DIR/results.sqlite
+
+
+@dataclass
 class ComposerConfig:
     """The whole run: one model stage fed by one source, with optional transforms and stages."""
 
@@ -91,6 +111,9 @@ class ComposerConfig:
     progress: bool | None = None  # None: a bar when stderr is a terminal
     allow_any_target: bool = False
     runs_root: str = "runs"
+    metrics: str | list = "auto"  # quality metrics when labels exist: auto (by task) or names (METRIC_NAMES)
+    objective: str | None = None  # dotted path in metrics.json a sweeper optimises, e.g. quality.model.macro_f1
+    logger: LoggerConfig = dataclasses.field(default_factory=LoggerConfig)
 
 
 @dataclass(frozen=True)
@@ -273,7 +296,28 @@ def validate(config: dict) -> list[ConfigIssue]:
         value = config.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value < 1:
             issues.append(ConfigIssue(key, f"{key} must be >= 1, got {value}"))
+    issues += _check_metrics(config.get("metrics"), config.get("objective"))
     for key in ("pipeline", "call"):
         if "batch_size" in (config.get(key) or {}):
             issues.append(ConfigIssue(f"{key}.batch_size", "set the top-level batch_size instead"))
+    return issues
+
+_OBJECTIVE_ROOTS = ("throughput", "models", "quality")
+
+
+def _check_metrics(metrics: Any, objective: Any) -> list[ConfigIssue]:
+    """Declared metric names exist; the objective is a dotted path into metrics.json."""
+    from composer.metrics import METRIC_NAMES
+
+    issues = []
+    if isinstance(metrics, str) and metrics != "auto":
+        metrics = [metrics]
+    if isinstance(metrics, list):
+        for index, name in enumerate(metrics):
+            if name not in METRIC_NAMES:
+                issues.append(ConfigIssue(f"metrics[{index}]", f"unknown metric {name!r}; use auto or any of "
+                                          f"{', '.join(METRIC_NAMES)}" + did_you_mean(str(name), METRIC_NAMES)))
+    if isinstance(objective, str) and objective.split(".")[0] not in _OBJECTIVE_ROOTS:
+        issues.append(ConfigIssue("objective", f"expected a dotted path into metrics.json starting with "
+                                  f"{' or '.join(_OBJECTIVE_ROOTS)}, e.g. quality.model.macro_f1; got {objective!r}"))
     return issues
