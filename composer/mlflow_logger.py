@@ -64,6 +64,14 @@ def run_payload(run_dir: Path, config: dict[str, Any]) -> tuple[dict[str, str], 
     return params, numbers, tags
 
 
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a local SQLite store go beside the database (`mlruns/`), not into the working
+    directory of whichever process logged first; other stores keep their own default."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent / "mlruns").as_uri()
+
+
 def log_run(run_dir: Path, config: dict[str, Any]) -> str | None:
     """Log the run in `run_dir` as one MLflow run; returns its run id (None if logging failed)."""
     settings = config.get("logger") or {}
@@ -81,7 +89,7 @@ def log_run(run_dir: Path, config: dict[str, Any]) -> str | None:
         client = MlflowClient(tracking_uri=uri)
         name = settings.get("experiment") or str(config.get("name") or "composer")
         experiment = client.get_experiment_by_name(name)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(name, _artifact_location(uri))
         run = client.create_run(experiment_id, run_name=settings.get("run_name") or run_dir.name, tags=tags)
         from mlflow.entities import Metric, Param
 

@@ -1,0 +1,280 @@
+"""Sweeps end to end: a 2x2 multirun on tiny models with labelled rows, its job folders, the
+summary and report it writes, metrics against a hand computation, the report's reproducibility,
+failing jobs under the joblib launcher, submitit's local executor and the Optuna sweeper."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from composer.metrics import predicted_label
+from composer.report import write_report
+from composer.testing import tiny_model_path
+from conftest import ROWS, read_jsonl, run_cli, write_jsonl
+
+# experiment=tiny-sentiment is the plain base config (the tests' starting point).
+BASE = ["experiment=tiny-sentiment", "task=text-classification", "threads=1", "progress=false"]
+MODELS = ("tiny-text-classification", "tiny-text-classification-quantizable")
+BATCHES = (1, 4)
+PNG = b"\x89PNG\r\n\x1a\n"
+GENERATED = re.compile(r"^.*Generated: .*$", re.MULTILINE)
+
+
+def _labelled(tmp: Path) -> list[str]:
+    data = write_jsonl(tmp / "labelled.jsonl", ROWS)
+    return ["input=jsonl", f"input.path={data}", "input.label_field=label", "input.id_field=uid"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """A 2x2 sweep (model x batch_size) through the CLI, with the default launcher."""
+    work = tmp_path_factory.mktemp("sweep")
+    done = run_cli("run", "-m", *BASE, *_labelled(work), f"model={','.join(MODELS)}",
+                   f"batch_size={','.join(map(str, BATCHES))}", "hydra.sweep.dir=sweep", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert "sweep report: 4 runs (0 not complete)" in done.stderr
+    return work / "sweep"
+
+
+def _summary(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _hand_scores(outputs: list[dict]) -> tuple[float, float]:
+    """Accuracy and macro-F1 (over the gold classes) computed by hand from outputs.jsonl."""
+    gold = [row["label"] for row in outputs]
+    predicted = [predicted_label(row["prediction"]) for row in outputs]
+    accuracy = sum(g == p for g, p in zip(gold, predicted)) / len(gold)
+    f1s = []
+    for label in sorted(set(gold)):
+        tp = sum(g == label and p == label for g, p in zip(gold, predicted))
+        fp = sum(g != label and p == label for g, p in zip(gold, predicted))
+        fn = sum(g == label and p != label for g, p in zip(gold, predicted))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return accuracy, sum(f1s) / len(f1s)
+
+
+def test_every_job_has_a_complete_run_folder(sweep):
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+    combos = []
+    for job in jobs:
+        assert {"manifest.json", "metrics.json", "config.yaml", "outputs.jsonl", "errors.jsonl"} <= {p.name for p in job.iterdir()}
+        manifest = json.loads((job / "manifest.json").read_text())
+        assert manifest["status"] == "complete" and manifest["exit_code"] == 0
+        assert manifest["counts"]["records_ok"] == len(ROWS)
+        outputs = read_jsonl(job / "outputs.jsonl")
+        assert [row["id"] for row in outputs] == [row["uid"] for row in ROWS]
+        config = (job / "config.yaml").read_text()
+        combos.append((re.search(r"id: tiny:(\S+)", config).group(1), int(re.search(r"^batch_size: (\d+)", config, re.M).group(1))))
+    assert combos == [(m.removeprefix("tiny-"), b) for m in MODELS for b in BATCHES]
+
+
+def test_summary_rows_columns_and_values(sweep):
+    rows = _summary(sweep / "summary.csv")
+    assert [row["run"] for row in rows] == ["0", "1", "2", "3"]
+    header = list(rows[0])
+    assert header[:5] == ["run", "status", "exit_code", "model", "batch_size"]  # the swept parameters, nothing else
+    assert header[-1] == "error"
+    for column in ("throughput.records_per_second", "models.model.latency.p50_ms", "models.model.latency.p99_ms",
+                   "models.model.load_seconds", "quality.model.accuracy", "quality.model.macro_f1",
+                   "quality.model.per_class.POSITIVE.precision", "quality.model.per_class.NEGATIVE.recall",
+                   "peak_memory.rss_bytes", "counts.records_ok"):
+        assert column in header, column
+    assert [(r["model"], r["batch_size"]) for r in rows] == [(m, str(b)) for m in MODELS for b in BATCHES]
+    for row in rows:
+        job = sweep / row["run"]
+        assert row["status"] == "complete" and row["exit_code"] == "0" and row["error"] == ""
+        accuracy, macro_f1 = _hand_scores(read_jsonl(job / "outputs.jsonl"))
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["quality"]["model"]["accuracy"] == pytest.approx(accuracy)
+        assert metrics["quality"]["model"]["macro_f1"] == pytest.approx(macro_f1)
+        assert float(row["quality.model.accuracy"]) == pytest.approx(accuracy)
+        assert float(row["quality.model.macro_f1"]) == pytest.approx(macro_f1)
+        assert float(row["throughput.records_per_second"]) == metrics["throughput"]["records_per_second"]
+        assert int(row["counts.records_ok"]) == len(ROWS)
+
+
+class _Page(HTMLParser):
+    """Collects images, links, tables and headings, and checks that tags nest and close."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.images, self.links, self.headings, self.tables, self.problems = [], [], [], [], 0, []
+        self._heading = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs)
+        if tag == "a":
+            self.links.append(attrs.get("href"))
+        if tag == "table":
+            self.tables += 1
+        if tag in ("h1", "h2"):
+            self._heading = ""
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.problems.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+        if tag in ("h1", "h2") and self._heading is not None:
+            self.headings.append(self._heading)
+            self._heading = None
+
+    def handle_data(self, data):
+        if self._heading is not None:
+            self._heading += data
+
+
+def test_report_html_parses_and_shows_the_plots(sweep):
+    page = _Page()
+    page.feed((sweep / "report.html").read_text(encoding="utf-8"))
+    page.close()
+    assert page.problems == [] and page.stack == []
+    assert {"Runs", "Plots", "Config differences", "Models", "Library versions"} <= set(page.headings)
+    assert page.tables >= 4
+    sources = [img["src"] for img in page.images]
+    assert sources == ["plots/throughput_vs_batch_size.png", "plots/quality_vs_latency.png", "plots/per_class.png"]
+    for source in sources:
+        assert (sweep / source).read_bytes().startswith(PNG)
+        assert source in page.links
+    assert "summary.csv" in page.links
+    markdown = (sweep / "report.md").read_text()
+    assert "![Throughput vs batch size, per model](plots/throughput_vs_batch_size.png)" in markdown
+    # The config diff lists only what differs: the model and the batch size.
+    section = markdown.split("## Config differences")[1].split("##")[0]
+    assert "| run | model.id | batch_size |" in section
+    assert "| transformers |" in markdown and "| git commit |" in markdown  # versions table
+
+
+def test_report_is_regenerated_byte_identically(sweep, tmp_path):
+    """From the run folders alone, anywhere, by the CLI or the API: the same bytes, except the
+    report's own timestamp (and with SOURCE_DATE_EPOCH, not even that)."""
+    copy = tmp_path / "moved" / "sweep"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("report.*", "summary.csv", "plots"))
+    done = run_cli("report", str(copy), "--out", str(tmp_path / "cli"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    write_report([copy], out=tmp_path / "api")
+    names = ["summary.csv", "plots/throughput_vs_batch_size.png", "plots/quality_vs_latency.png", "plots/per_class.png"]
+    for folder in (tmp_path / "cli", tmp_path / "api"):
+        for name in names:
+            assert (folder / name).read_bytes() == (sweep / name).read_bytes(), name
+        for name in ("report.md", "report.html"):
+            ours, original = (folder / name).read_text(), (sweep / name).read_text()
+            assert GENERATED.sub("", ours) == GENERATED.sub("", original), name
+    os.environ["SOURCE_DATE_EPOCH"] = "1700000000"
+    try:
+        first, second = write_report([copy], out=tmp_path / "e1"), write_report([copy], out=tmp_path / "e2")
+    finally:
+        del os.environ["SOURCE_DATE_EPOCH"]
+    for a, b in zip(first.files, second.files):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    assert "Generated: 2023-11-14T22:13:20Z" in (tmp_path / "e1" / "report.md").read_text()
+
+
+def test_report_against_a_baseline(sweep, tmp_path):
+    done = run_cli("report", str(sweep / "1"), str(sweep / "2"), str(sweep / "3"), "--baseline", str(sweep / "0"),
+                   "--out", str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    markdown = (tmp_path / "report.md").read_text()
+    section = markdown.split("## Against the baseline")[1].split("\n## ")[0]
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    assert lines[1].startswith("| baseline |")
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| 1", "| 2", "| 3"]
+    assert "batch_size: 1 → 4" in lines[2] and "model.id" not in lines[2]
+    assert "model.id: tiny:text-classification → tiny:text-classification-quantizable" in lines[3]
+    assert "batch_size" not in lines[3]
+    base = json.loads((sweep / "0" / "metrics.json").read_text())["quality"]["model"]["accuracy"]
+    other = json.loads((sweep / "2" / "metrics.json").read_text())["quality"]["model"]["accuracy"]
+    assert f"{other:.4f} ({other - base:+.4g}" in lines[3]
+    assert len(_summary(tmp_path / "summary.csv")) == 3
+
+
+def test_report_of_nothing_is_an_error(tmp_path):
+    done = run_cli("report", str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 2 and "no run folders" in done.stderr
+
+
+def _broken_model(tmp: Path) -> Path:
+    """A model folder that passes every plan-time check and fails to load (corrupt weights)."""
+    broken = tmp / "broken-model"
+    shutil.copytree(tiny_model_path("text-classification"), broken)
+    (broken / "model.safetensors").write_bytes(b"\0" * 64)
+    return broken
+
+
+def test_failing_jobs_do_not_stop_a_joblib_sweep(tmp_path):
+    """Two workers; one job fails at model load, one has a config mistake: both are recorded in
+    their folders and the summary, the good job's folder is complete, and the exit code says so."""
+    broken = _broken_model(tmp_path)
+    done = run_cli("run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *BASE, *_labelled(tmp_path),
+                   f"model.id=tiny:text-classification,{broken}", "batch_size=2,0", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    assert done.returncode == 4, done.stderr  # the worst job: failed
+    assert "Joblib.Parallel" in done.stdout + done.stderr  # Hydra logs the launcher on stdout
+    rows = {row["run"]: row for row in _summary(sweep / "summary.csv")}
+    assert {k: (r["model.id"], r["batch_size"], r["status"], r["exit_code"]) for k, r in rows.items()} == {
+        "0": ("tiny:text-classification", "2", "complete", "0"),
+        "1": ("tiny:text-classification", "0", "config_error", "2"),
+        "2": (str(broken), "2", "failed", "4"),
+        "3": (str(broken), "0", "config_error", "2"),
+    }
+    assert rows["0"]["error"] == "" and rows["0"]["quality.model.accuracy"] != ""
+    assert "batch_size must be >= 1, got 0" in rows["1"]["error"]
+    assert rows["2"]["error"].startswith("SafetensorError")
+    good = read_jsonl(sweep / "0" / "outputs.jsonl")
+    assert [row["id"] for row in good] == [row["uid"] for row in ROWS]
+    failed = json.loads((sweep / "2" / "manifest.json").read_text())
+    assert failed["status"] == "failed" and failed["exit_code"] == 4 and "traceback" in failed["error"]
+    config_error = json.loads((sweep / "1" / "job_error.json").read_text())
+    assert config_error["status"] == "config_error" and "batch_size=0" in config_error["overrides"]
+    assert not (sweep / "1" / "manifest.json").exists()
+    markdown = (sweep / "report.md").read_text()
+    assert "3 of 4 runs did not complete cleanly" in markdown
+
+
+def test_submitit_local_launcher(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    done = run_cli("run", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", *BASE,
+                   *_labelled(tmp_path), "batch_size=1,2", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = _summary(tmp_path / "sweep" / "summary.csv")
+    assert [(r["run"], r["batch_size"], r["status"]) for r in rows] == [("0", "1", "complete"), ("1", "2", "complete")]
+    assert (tmp_path / "sweep" / ".submitit").is_dir()  # the jobs really went through submitit
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    """The shipped Slurm config is valid against the plugin's schema (nothing is submitted)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    done = run_cli("run", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra",
+                   "--package", "hydra.launcher", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "SlurmLauncher" in done.stdout and "partition: gpu" in done.stdout and "gpus_per_node: 1" in done.stdout
+
+
+def test_optuna_sweeper_optimises_the_objective(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    done = run_cli("run", "-m", "experiment=optuna-threshold", "hydra.sweeper.n_trials=3", "threads=1", "progress=false",
+                   *_labelled(tmp_path), "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    sweep = tmp_path / "sweep"
+    rows = _summary(sweep / "summary.csv")
+    assert len(rows) == 3 and "postprocess.0.min_score" in rows[0]
+    results = (sweep / "optimization_results.yaml").read_text()
+    best = max(float(r["quality.model.macro_f1"]) for r in rows)
+    assert math.isclose(float(re.search(r"best_value: (\S+)", results).group(1)), best)
