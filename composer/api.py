@@ -207,6 +207,18 @@ def _new_manifest(config: dict[str, Any], overrides: list[str]) -> dict[str, Any
     }
 
 
+def _attach_cache(graph: Graph, settings: dict[str, Any]) -> Any:
+    """Open the result cache when enabled and hand it to every model stage."""
+    if not settings.get("enabled"):
+        return None
+    from composer.cache import ResultCache
+
+    cache = ResultCache(Path(settings["path"]).expanduser() if settings.get("path") else None)
+    for stage in graph.model_stages():
+        stage.use_cache(cache, graph.upstream_fingerprint(stage.name))
+    return cache
+
+
 def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) -> RunResult:
     """Run a validated config into `run_dir`, or continue the run already there.
 
@@ -220,6 +232,7 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
 
     graph = plan_graph(config, run_dir=str(run_dir))
     deep_check(graph)
+    cache = _attach_cache(graph, config["cache"])
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = runstore.previous_attempt(run_dir, config)
     graph.source.setup()
@@ -245,7 +258,8 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
     status, exit_code, error_info = "failed", EXIT_FAILED, None
     wall_started = time.perf_counter()
     try:
-        seed_everything(config["seed"])
+        seed_everything(config["seed"], config.get("deterministic", False))
+        manifest["deterministic"] = bool(config.get("deterministic", False))
         manifest["threads"] = set_threads(config["threads"])
         manifest["device"] = _device_facts()
         setup_started = time.perf_counter()
@@ -281,6 +295,8 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
         error_info = {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc()}
     finally:
         errors.close()
+        if cache is not None:
+            cache.close()
         manifest["stages"] = {stage.name: _stage_facts(graph, stage) for stage in graph.stages()}
         for stage in graph.stages():
             stage.close()
@@ -350,8 +366,12 @@ def _metrics(graph: Graph, stats: ExecutionStats, run_dir: Path, config: dict[st
     # Gold labels belong to the main task; an extra fan-out model (say, a topic classifier) is
     # not scored against them.
     main_model = next(stage for stage in graph.model_stages() if stage.name == MODEL)
-    # The metrics are the config's `metrics` (auto: by task).
-    quality = quality_accumulator(main_model.task, main_model.output_field, config.get("metrics", "auto"))
+    # A postprocessor that turns the model's output into labels (embedding_classify over
+    # feature-extraction) is what the gold labels score, whatever the model's task.
+    labeller = next((n.stage for n in graph.nodes if n.path.startswith("postprocess") and getattr(n.stage, "produces_labels", False)), None)
+    # The metrics are the config's `metrics` (auto: by task, and a labeller makes it classification).
+    quality = quality_accumulator("text-classification" if labeller else main_model.task,
+                                  labeller.writes[0] if labeller else main_model.output_field, config.get("metrics", "auto"))
     if quality is not None and config["input"].get("label_field"):
         quality.add(runstore.iter_jsonl(run_dir / runstore.OUTPUTS))
         if (result := quality.result()) is not None:

@@ -26,6 +26,7 @@ verbs:
   report PATH... [--baseline RUN] [--out DIR]
                              summary.csv, report.md and report.html (with plots) over run and
                              sweep folders; `run -m` writes one into the sweep folder itself
+  cache info|clear [--path]  the result cache used by cache=on: its size, or empty it
   plan  [--deep] [overrides] validate and print the resolved config and the stage graph;
                              loads no model (--deep also checks task parameters, quantization
                              arguments and that the model can be found; imports transformers)
@@ -114,6 +115,17 @@ def _objective(plain, run_dir: Path | None) -> float | None:
 _SCORE_NAMES = {"macro_f1": "macro-F1", "exact_match": "exact match", "token_f1": "token F1", "wer": "WER", "cer": "CER"}
 
 
+def _per_class_table(per_class: dict | None) -> list[str]:
+    """The per-label results as a small table (metrics.json holds the same numbers)."""
+    if not per_class:
+        return []
+    width = max(5, *(len(str(label)) for label in per_class))
+    rows = [f"    {'label':<{width}}  precision  recall     f1  support"]
+    for label, scores in per_class.items():
+        rows.append(f"    {label:<{width}}  {scores['precision']:>9.3f}  {scores['recall']:>6.3f}  {scores['f1']:>5.3f}  {scores['support']:>7d}")
+    return rows
+
+
 def _report(result) -> None:
     """A short end-of-run summary on stderr: where the folder is, counts, quality, speed."""
     manifest, metrics = result.manifest(), result.metrics()
@@ -128,6 +140,7 @@ def _report(result) -> None:
         scores = ", ".join(f"{_SCORE_NAMES.get(key, key)} {value:.3f}" for key, value in quality.items()
                            if isinstance(value, float))
         lines.append(f"  {name}: {scores} on {quality['n']} labelled")
+        lines += _per_class_table(quality.get("per_class"))
     rate = metrics["throughput"]["records_per_second"]
     if rate:
         lines.append(f"  throughput: {rate:.1f} records/s")
@@ -201,6 +214,23 @@ def report_command(argv: Sequence[str]) -> int:
     return report_main(argv)
 
 
+def cache_command(argv: Sequence[str]) -> int:
+    from composer.cache import ResultCache
+
+    parser = argparse.ArgumentParser(prog="composer cache", description="inspect or empty the result cache")
+    parser.add_argument("action", choices=["info", "clear"])
+    parser.add_argument("--path", type=Path, help="cache file (default: $COMPOSER_CACHE_DIR/results.sqlite)")
+    args = parser.parse_args(list(argv))
+    cache = ResultCache(args.path)
+    if args.action == "info":
+        info = cache.info()
+        print(f"{info['path']}: {info['entries']} entries, {info['bytes'] / 2**20:.1f} MiB")
+    else:
+        print(f"removed {cache.clear()} entries from {cache.path}")
+    cache.close()
+    return 0
+
+
 def plan_command(argv: Sequence[str]) -> int:
     from omegaconf import OmegaConf
 
@@ -256,8 +286,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     verb, rest = argv[0], argv[1:]
-    commands = {"run": run_command, "plan": plan_command, "models": models_command, "resume": resume_command, "verify": verify_command,
-                "report": report_command}
+    commands = {
+        "run": run_command,
+        "plan": plan_command,
+        "resume": resume_command,
+        "verify": verify_command,
+        "cache": cache_command,
+        "report": report_command,
+        "models": models_command,
+    }
     if verb not in commands:
         print(f"composer: unknown verb {verb!r}\n\n{USAGE}", file=sys.stderr)
         return 2

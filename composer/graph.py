@@ -9,6 +9,7 @@ topological order, isolating failures to the records that caused them.
 from __future__ import annotations
 
 import graphlib
+import hashlib
 import inspect
 import itertools
 import time
@@ -47,6 +48,19 @@ class Graph:
 
     def model_stages(self) -> list[Stage]:
         return [s for s in self.stages() if s.kind == "model"]
+
+    def upstream_fingerprint(self, name: str) -> str:
+        """A hash of the fingerprints of every stage `name` depends on, directly or not."""
+        inputs = {n.stage.name: n.inputs for n in self.nodes}
+        ancestors: set[str] = set()
+        pending = list(inputs[name])
+        while pending:
+            current = pending.pop()
+            if current not in ancestors:
+                ancestors.add(current)
+                pending.extend(inputs[current])
+        fingerprints = [n.stage.fingerprint() for n in self.nodes if n.stage.name in ancestors]
+        return hashlib.sha256("".join(fingerprints).encode("ascii")).hexdigest()[:16]
 
     def describe(self) -> list[dict[str, Any]]:
         return [
@@ -176,8 +190,12 @@ def plan(config: dict, run_dir: str | None = None) -> Graph:
     kind = source_spec.pop("type", "inline")
     source, found = build_stage(load_class(STAGE_TYPES[kind]), SOURCE, source_spec, "input")
     issues += [ConfigIssue(i.path, i.message + f" (for input={kind})") for i in found]
+    # Stages that failed to build are reported once, not again as unknown inputs of others.
+    failed: set[str] = set()
     if source is not None:
         nodes.append(Node(source, [], "input"))
+    else:
+        failed.add(SOURCE)
     chain_tail = SOURCE
 
     def add_chain(key: str) -> None:
@@ -213,11 +231,13 @@ def plan(config: dict, run_dir: str | None = None) -> Graph:
             spec = {"batch_size": config["batch_size"], **spec}
         node, found = _spec_stage(spec, path, str(name), allow_any)
         issues.extend(found)
-        if node is not None:
+        if node is None:
+            failed.add(str(name))
+        else:
             if not node.inputs:
                 issues.append(ConfigIssue(f"{path}.inputs", f"name the stages it reads from, e.g. inputs: [{SOURCE}]"))
             nodes.append(node)
-    issues += _check_edges(nodes)
+    issues += _check_edges(nodes, failed)
     if issues:
         raise ConfigError(issues)
     ordered = _topological(nodes)
@@ -227,7 +247,7 @@ def plan(config: dict, run_dir: str | None = None) -> Graph:
     return Graph(ordered)
 
 
-def _check_edges(nodes: list[Node]) -> list[ConfigIssue]:
+def _check_edges(nodes: list[Node], failed: set[str]) -> list[ConfigIssue]:
     issues = []
     by_name: dict[str, Node] = {}
     for node in nodes:
@@ -237,7 +257,7 @@ def _check_edges(nodes: list[Node]) -> list[ConfigIssue]:
     known_inputs: dict[str, list[str]] = {}
     for node in nodes:
         for name in node.inputs:
-            if name not in by_name:
+            if name not in by_name and name not in failed:
                 issues.append(ConfigIssue(f"{node.path}.inputs", f"unknown stage {name!r}" + did_you_mean(name, by_name)))
         # Unknown inputs are reported above; the field checks below go on without them.
         known_inputs[node.stage.name] = [name for name in node.inputs if name in by_name]

@@ -48,13 +48,14 @@ def sha256_tree(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (transformers' set_seed covers all three and CUDA)."""
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch (transformers' set_seed covers all three and CUDA); with
+    `deterministic`, torch also refuses nondeterministic kernels instead of using them."""
     random.seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
     from transformers import set_seed
 
-    set_seed(seed)
+    set_seed(seed, deterministic=deterministic)
 
 
 def package_versions() -> dict[str, str | None]:

@@ -70,8 +70,28 @@ def default_model(task: str) -> tuple[str, str | None]:
     return default if isinstance(default, tuple) else (default, None)
 
 
-def resolve_model(model_id: str | None, revision: str | None, task: str) -> ResolvedModel:
-    """Find the model without loading it; raise ModelUnavailable with a message for the user."""
+def resolve_model(model_id: str | None, revision: str | None, task: str, fallback: str | None = None) -> ResolvedModel:
+    """Find the model without loading it; raise ModelUnavailable with a message for the user.
+
+    With `fallback` (a model id, e.g. `tiny:feature-extraction`), a model that cannot be found
+    resolves to the fallback instead, with a note that says so and why. A provisioned copy that
+    fails verification is never replaced by the fallback: that error always reaches the user.
+    """
+    if fallback:
+        from composer.provision import ModelVerificationFailed
+
+        try:
+            return resolve_model(model_id, revision, task)
+        except ModelVerificationFailed:
+            raise
+        except ModelUnavailable as error:
+            resolved = resolve_model(fallback, None, task)
+            hint = _provision_hint(model_id)
+            reason = str(error) if not hint or hint in str(error) else f"{error}; {hint}"
+            wanted = model_id or "the task's default model"
+            notice = f"FALLBACK: ran {fallback} instead of {wanted}, which is not available: {reason.rstrip('.')}"
+            resolved.note = ". ".join(filter(None, [notice, resolved.note]))
+            return resolved
     requested = model_id
     if model_id is None:
         model_id, default_revision = default_model(task)
@@ -90,16 +110,40 @@ def resolve_model(model_id: str | None, revision: str | None, task: str) -> Reso
     return _resolve_hub(requested, model_id, revision)
 
 
+def _provision_hint(model_id: str | None) -> str | None:
+    """How to get a verified copy of `model_id` without the Hub, when composer knows one."""
+    from composer.provision import spec_for_hub_id
+
+    spec = spec_for_hub_id(model_id) if model_id else None
+    if spec is None:
+        return None
+    return f"`composer models fetch {spec.name}` provisions a verified copy of revision {spec.revision} (model={spec.name})"
+
+
 def _resolve_hub(requested: str | None, model_id: str, revision: str | None) -> ResolvedModel:
     from huggingface_hub import model_info
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
+    from composer import provision
+
+    # A verified copy provisioned without the Hub (`composer models fetch`) stands for the hub id
+    # at its pinned revision, online and offline alike; a copy that fails verification is refused.
+    spec = provision.spec_for_hub_id(model_id)
+    if spec is not None and provision.revision_matches(spec, revision):
+        copy = provision.provisioned_copy(spec)
+        if copy is not None:
+            pins = ", ".join(f"{name} sha256 {spec.files[name]}" for name in ("model.safetensors", "tokenizer.json"))
+            note = f"verified local copy of {model_id}@{spec.revision} from {spec.package} at {copy} ({pins})"
+            return ResolvedModel(requested, "provisioned", str(copy), spec.revision, provision.content_sha256(spec), note)
+
     def from_cache(reason: str) -> ResolvedModel:
         snapshot = _cached_snapshot(model_id, revision)
         if snapshot is None:
+            hint = _provision_hint(model_id)
             raise ModelUnavailable(
                 f"model.id {model_id!r} is not a local directory and {reason}; it is not in the Hugging Face "
-                "cache either. Run once with network access, or set model.id to a local model folder."
+                "cache either. Run once with network access, or set model.id to a local model folder"
+                + (f"; or {hint}." if hint else ".")
             )
         return ResolvedModel(requested, "hub-cache", snapshot, Path(snapshot).name, note=f"{reason}; used the cached snapshot")
 

@@ -38,6 +38,12 @@ class ModelConfig:
     trust_remote_code: bool = False
     tokenizer: str | None = None
     model_kwargs: dict = dataclasses.field(default_factory=dict)
+    # A model id to run, with a notice in the run, when this one can be found nowhere (neither
+    # provisioned, local, cached nor on the Hub); the default experiment uses a tiny offline model.
+    fallback: str | None = None
+    # Pickle-based checkpoints (pytorch_model.bin) can run code when loaded: safetensors only,
+    # unless this is set.
+    allow_pickle: bool = False
 
 
 @dataclass
@@ -106,11 +112,13 @@ class ComposerConfig:
     batch_size: int = 8
     threads: int | None = None
     seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms: fail rather than vary
     on_error: Literal["skip", "fail"] = "skip"
     max_errors: int | None = None
     progress: bool | None = None  # None: a bar when stderr is a terminal
     allow_any_target: bool = False
     runs_root: str = "runs"
+    cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)
     metrics: str | list = "auto"  # quality metrics when labels exist: auto (by task) or names (METRIC_NAMES)
     objective: str | None = None  # dotted path in metrics.json a sweeper optimises, e.g. quality.model.macro_f1
     logger: LoggerConfig = dataclasses.field(default_factory=LoggerConfig)
@@ -267,6 +275,17 @@ def _check_input(inp: dict, path: str) -> list[ConfigIssue]:
     return issues
 
 
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def _check_name(name: Any) -> list[ConfigIssue]:
+    """The run name becomes a folder under runs_root: it may not climb out of it."""
+    if isinstance(name, str) and not _SAFE_NAME.match(name):
+        return [ConfigIssue("name", f"{name!r} must be a plain folder name (letters, digits, '_', '.', '-'), "
+                            "since runs go to runs_root/name/...")]
+    return []
+
+
 def check_task(task: Any, path: str = "task") -> list[ConfigIssue]:
     from composer.tasks import task_table
 
@@ -290,6 +309,7 @@ def validate(config: dict) -> list[ConfigIssue]:
         issues += check_quantization(config["quantization"], "quantization")
     if isinstance(config.get("input"), dict):
         issues += _check_input(config["input"], "input")
+    issues += _check_name(config.get("name"))
     if isinstance(config.get("task"), str) or config.get("task") is None:
         issues += check_task(config.get("task"))
     for key in ("batch_size", "threads", "max_errors"):
@@ -301,6 +321,7 @@ def validate(config: dict) -> list[ConfigIssue]:
         if "batch_size" in (config.get(key) or {}):
             issues.append(ConfigIssue(f"{key}.batch_size", "set the top-level batch_size instead"))
     return issues
+
 
 _OBJECTIVE_ROOTS = ("throughput", "models", "quality")
 

@@ -18,8 +18,14 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Real models provisioned with `composer models fetch` stay where the user keeps them, while tiny
+# models go to a per-session cache (below): pin the models folder before COMPOSER_CACHE_DIR moves.
+from composer.provision import models_root  # noqa: E402
+
+os.environ["COMPOSER_MODELS_DIR"] = str(models_root())
+
 # Labelled sample rows shared by the source and transform tests, and the overrides they run with.
-BASE = ["task=text-classification", "model=tiny-text-classification", "threads=1", "progress=false"]
+BASE = ["experiment=tiny-sentiment", "task=text-classification", "model=tiny-text-classification", "threads=1", "progress=false"]
 
 # Every column is a string so that csv (which reads only strings) holds exactly the same rows as
 # jsonl, parquet and datasets, and the content-hash ids agree across all of them.

@@ -10,7 +10,7 @@ from composer.testing import tiny_model_path
 from conftest import assert_close, read_jsonl, run_cli
 
 MASKED = ["Hello [MASK] world.", "no mask here", "The [MASK] is blue.", "still none", "A [MASK] day."]
-FILL = ["task=fill-mask", "model=tiny-fill-mask", "input=inline", "threads=1", "call.top_k=2"]
+FILL = ["experiment=tiny-sentiment", "task=fill-mask", "model=tiny-fill-mask", "input=inline", "threads=1", "call.top_k=2"]
 
 
 def _records(texts: list[str]) -> str:
@@ -72,7 +72,7 @@ def test_a_model_that_fails_to_load_is_reported_not_raised(tmp_path):
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
-    done = run_cli("run", f"model.id={broken}", "threads=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    done = run_cli("run", "experiment=tiny-sentiment", f"model.id={broken}", "threads=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert done.returncode == 4
     assert "Traceback" not in done.stderr and "run failed" in done.stderr
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
@@ -80,7 +80,7 @@ def test_a_model_that_fails_to_load_is_reported_not_raised(tmp_path):
 
 
 def test_progress_bar_only_when_asked_or_on_a_terminal(tmp_path):
-    quiet = run_cli("run", "threads=1", f"hydra.run.dir={tmp_path / 'quiet'}", cwd=tmp_path, check=True)
+    quiet = run_cli("run", "experiment=tiny-sentiment", "threads=1", f"hydra.run.dir={tmp_path / 'quiet'}", cwd=tmp_path, check=True)
     assert "24/24" not in quiet.stderr
-    shown = run_cli("run", "threads=1", "progress=true", f"hydra.run.dir={tmp_path / 'shown'}", cwd=tmp_path, check=True)
+    shown = run_cli("run", "experiment=tiny-sentiment", "threads=1", "progress=true", f"hydra.run.dir={tmp_path / 'shown'}", cwd=tmp_path, check=True)
     assert "records" in shown.stderr and "24/24" in shown.stderr and "/s" in shown.stderr

@@ -12,14 +12,18 @@ from composer.schema import ConfigError
 from conftest import REPO, run_cli, write_jsonl
 
 
+# These tests start from the plain text-classification demo, not the default embedding job.
+TINY = "experiment=tiny-sentiment"
+
+
 def issues_of(overrides: list[str], deep: bool = False) -> list[str]:
     with pytest.raises(ConfigError) as caught:
-        api.plan(overrides, deep=deep)
+        api.plan([TINY, *overrides], deep=deep)
     return [str(issue) for issue in caught.value.issues]
 
 
 def test_plan_prints_resolved_config_and_graph(tmp_path):
-    done = run_cli("plan", "batch_size=4", cwd=tmp_path, check=True)
+    done = run_cli("plan", "experiment=tiny-sentiment", "batch_size=4", cwd=tmp_path, check=True)
     assert "batch_size: 4" in done.stdout
     assert "id: tiny:text-classification" in done.stdout
     graph = done.stdout.split("# stage graph")[1].split("\n")
@@ -34,7 +38,8 @@ def test_plan_imports_neither_torch_nor_transformers(tmp_path):
         "import sys, contextlib, io\n"
         "from composer.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
-        "    assert main(['plan', 'task=fill-mask', 'model=tiny-fill-mask']) == 0\n"
+        "    assert main(['plan', 'experiment=tiny-sentiment', 'task=fill-mask', 'model=tiny-fill-mask']) == 0\n"
+        "    assert main(['plan']) == 0\n"  # the default job (embedding stages) too
         "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
@@ -43,7 +48,7 @@ def test_plan_imports_neither_torch_nor_transformers(tmp_path):
 
 def test_every_plan_time_mistake_is_reported_at_once(tmp_path):
     done = run_cli(
-        "plan", "batchsize=3", "model.dtype=fp16", "task=sentiment-analysys", "model.device=cpu",
+        "plan", TINY, "batchsize=3", "model.dtype=fp16", "task=sentiment-analysys", "model.device=cpu",
         "model.device_map=auto", "threads=two", "input.limt=3", cwd=tmp_path,
     )
     assert done.returncode == 2
@@ -139,12 +144,12 @@ def test_deep_checks_catch_what_pipeline_would_swallow(overrides, expected):
 
 
 def test_valid_task_parameters_pass_the_deep_check():
-    api.plan(["pipeline.top_k=2", "call.function_to_apply=softmax", "call.truncation=true"], deep=True)
-    api.plan(["task=text-generation", "model=tiny-text-generation", "call.max_new_tokens=4", "call.do_sample=false", "call.top_p=0.9"], deep=True)
+    api.plan([TINY, "pipeline.top_k=2", "call.function_to_apply=softmax", "call.truncation=true"], deep=True)
+    api.plan([TINY, "task=text-generation", "model=tiny-text-generation", "call.max_new_tokens=4", "call.do_sample=false", "call.top_p=0.9"], deep=True)
 
 
 def test_run_refuses_a_missing_model_before_loading_anything(tmp_path):
-    done = run_cli("run", "model.id=someone/not-cached-model", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    done = run_cli("run", TINY, "model.id=someone/not-cached-model", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "model.id: model.id 'someone/not-cached-model' is not a local directory and HF_HUB_OFFLINE is set" in done.stderr
@@ -153,7 +158,7 @@ def test_run_refuses_a_missing_model_before_loading_anything(tmp_path):
 
 def test_run_refuses_unknown_call_parameter(tmp_path):
     data = write_jsonl(tmp_path / "in.jsonl", [{"text": "hello"}])
-    done = run_cli("run", "input=jsonl", f"input.path={data}", "call.topk=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    done = run_cli("run", TINY, "input=jsonl", f"input.path={data}", "call.topk=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert done.returncode == 2
     assert "call.topk: the text-classification pipeline does not accept 'topk'; did you mean 'top_k'?" in done.stderr
 
@@ -183,7 +188,7 @@ def test_an_unreachable_hub_fails_fast_with_a_message(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     env["HF_HOME"] = str(tmp_path / "hf-home")  # an empty cache
     done = subprocess.run(
-        [sys.executable, "-m", "composer", "plan", "--deep", "model.id=someone/not-cached-model"],
+        [sys.executable, "-m", "composer", "plan", "--deep", TINY, "model.id=someone/not-cached-model"],
         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120,
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr

@@ -31,7 +31,9 @@ TEXTS = [
     "Weather is nice today.",
 ]
 LABELS = {"NEGATIVE", "POSITIVE"}
-BNB_4BIT = ["quantization=bnb-4bit", "model=tiny-text-classification-quantizable", "quantization.params.llm_int8_skip_modules=[classifier]"]
+# Every case starts from the tiny sentiment demo, not the default embedding job.
+TINY = "experiment=tiny-sentiment"
+BNB_4BIT = [TINY, "quantization=bnb-4bit", "model=tiny-text-classification-quantizable", "quantization.params.llm_int8_skip_modules=[classifier]"]
 
 # case -> (overrides, tiny model name)
 CASES = {
@@ -52,7 +54,7 @@ def data(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _overrides(case: str, data) -> list[str]:
-    return [*CASES[case][0], "input=jsonl", f"input.path={data}", "input.id_field=n", "batch_size=2", "threads=1"]
+    return [TINY, *CASES[case][0], "input=jsonl", f"input.path={data}", "input.id_field=n", "batch_size=2", "threads=1"]
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +304,7 @@ def test_bnb_8bit_sampled_generation_is_reproducible_with_a_seed(tmp_path):
     prompts = ["Hello there", "The weather today", "Once upon a time"]
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"text": p, "n": i} for i, p in enumerate(prompts)])
     overrides = [
-        "task=text-generation", "model=tiny-text-generation", "quantization=bnb-8bit", "input=jsonl", f"input.path={data}",
+        TINY, "task=text-generation", "model=tiny-text-generation", "quantization=bnb-8bit", "input=jsonl", f"input.path={data}",
         "input.id_field=n", "call.do_sample=true", "call.top_p=0.9", "call.max_new_tokens=5", "seed=1", "threads=1",
     ]
     first = api.run(overrides, run_dir=tmp_path / "first")
@@ -367,10 +369,10 @@ def test_bad_quantization_values_fail_the_deep_check(overrides, expected, tmp_pa
     from composer.schema import ConfigError
 
     with pytest.raises(ConfigError) as caught:
-        api.plan(overrides, deep=True)
+        api.plan([TINY, *overrides], deep=True)
     messages = [str(issue) for issue in caught.value.issues]
     assert any(expected in message for message in messages), messages
     # api.run refuses too, before the run folder gets a manifest.
     with pytest.raises(ConfigError):
-        api.run([*overrides, "threads=1"], run_dir=tmp_path / "run")
+        api.run([TINY, *overrides, "threads=1"], run_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "manifest.json").exists()

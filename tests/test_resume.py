@@ -18,7 +18,7 @@ from conftest import read_jsonl, run_cli, write_jsonl
 N_RECORDS = 240
 # Text generation with the tiny GPT-2 is slow enough (tens of records a second) to be stopped
 # mid-run, and its greedy outputs are deterministic.
-CONFIG = ["task=text-generation", "model=tiny-text-generation", "input=jsonl", "input.id_field=n", "batch_size=4",
+CONFIG = ["experiment=tiny-sentiment", "task=text-generation", "model=tiny-text-generation", "input=jsonl", "input.id_field=n", "batch_size=4",
           "threads=1", "call.max_new_tokens=12", "call.do_sample=false"]
 
 

@@ -18,6 +18,9 @@ from composer.testing import tiny_model_path
 from conftest import read_jsonl, run_cli
 
 DEMO = Path(api.__file__).parent / "data" / "demo" / "reviews.jsonl"
+# The offline plumbing demo (tiny random model, sample reviews): the default job became
+# experiment=support-tickets with a real model, tested in test_embeddings.py.
+TINY_DEMO = ["experiment=tiny-sentiment", "threads=1"]
 HEX16, HEX64 = 16, 64
 
 
@@ -34,7 +37,7 @@ def demo_run(tmp_path_factory) -> Path:
     subprocess.run(["git", "add", "notes.txt"], cwd=work, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=work, check=True)
     composer = Path(sys.executable).parent / "composer"
-    done = subprocess.run([str(composer), "run", "threads=1", "hydra.run.dir=out"], cwd=work, capture_output=True, text=True)
+    done = subprocess.run([str(composer), "run", *TINY_DEMO, "hydra.run.dir=out"], cwd=work, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "OFFLINE TEST MODEL" in done.stderr  # the demo says its model is a tiny random one
     return work / "out"
@@ -48,15 +51,15 @@ def test_run_folder_has_every_file(demo_run):
 
 def test_config_yaml_is_the_resolved_config(demo_run):
     saved = yaml.safe_load((demo_run / "config.yaml").read_text())
-    assert saved == api.compose(["threads=1"])
+    assert saved == api.compose(TINY_DEMO)
     assert saved["input"]["path"] == str(DEMO)  # interpolations are resolved
-    assert yaml.safe_load((demo_run / ".hydra" / "overrides.yaml").read_text()) == ["threads=1"]  # Hydra omits hydra.*
+    assert yaml.safe_load((demo_run / ".hydra" / "overrides.yaml").read_text()) == TINY_DEMO  # Hydra omits hydra.*
 
 
 def test_manifest_fields(demo_run):
     manifest = json.loads((demo_run / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["exit_code"] == 0 and manifest["error"] is None
-    assert manifest["name"] == "text-classification" and manifest["task"] == "text-classification"
+    assert manifest["name"] == "tiny-sentiment" and manifest["task"] == "text-classification"
     for package in ("torch", "transformers", "accelerate", "datasets", "hydra-core", "omegaconf"):
         assert manifest["versions"][package] == importlib.metadata.version(package)
     assert manifest["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
@@ -111,7 +114,7 @@ def test_metrics(demo_run):
 def test_fingerprints_follow_what_changes_outputs(tmp_path):
     def model_fingerprint(*overrides: str) -> tuple[str, str]:
         run_dir = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
-        manifest = api.run(["threads=1", "input.limit=2", *overrides], run_dir=run_dir).manifest()
+        manifest = api.run([*TINY_DEMO, "input.limit=2", *overrides], run_dir=run_dir).manifest()
         return manifest["stages"]["model"]["fingerprint"], manifest["stages"]["model"]["model"]["content_sha256"]
 
     baseline = model_fingerprint()
@@ -136,7 +139,7 @@ def test_cfg_job_prints_the_config_without_running(tmp_path):
 
 
 def test_python_api_mirrors_the_cli(tmp_path):
-    result = api.run(["task=fill-mask", "model=tiny-fill-mask", "input=inline", "input.records=['Hello [MASK] world']", "call.top_k=2", "threads=1"], run_dir=tmp_path / "run")
+    result = api.run(["experiment=tiny-sentiment", "task=fill-mask", "model=tiny-fill-mask", "input=inline", "input.records=['Hello [MASK] world']", "call.top_k=2", "threads=1"], run_dir=tmp_path / "run")
     assert result.status == "complete" and result.exit_code == 0 and result.run_dir == tmp_path / "run"
     [output] = result.outputs()
     assert len(output["prediction"]) == 2 and all("token_str" in p for p in output["prediction"])

@@ -53,7 +53,7 @@ def test_task_matches_plain_pipeline_at_batch_sizes_1_and_8(case, tmp_path):
     build, call, texts = CASES[case]
     data = write_jsonl(tmp_path / "input.jsonl", [{"text": t, "n": i} for i, t in enumerate(texts)])
     done = run_cli(
-        "run", "-m", f"task={task}", f"model=tiny-{task}", "input=jsonl", f"input.path={data}", "input.id_field=n",
+        "run", "-m", "experiment=tiny-sentiment", f"task={task}", f"model=tiny-{task}", "input=jsonl", f"input.path={data}", "input.id_field=n",
         "batch_size=1,8", "threads=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", *_override("pipeline", build), *_override("call", call),
         cwd=tmp_path,
     )

@@ -19,7 +19,7 @@ def local_run(tmp_path):
     shutil.copytree(tiny_model_path("text-classification"), model)
     data = write_jsonl(tmp_path / "input.jsonl", [{"text": t} for t in TEXTS])
     result = api.run(
-        ["input=jsonl", f"input.path={data}", f"model.id={model}", "threads=1", "batch_size=2", "call.top_k=2"],
+        ["experiment=tiny-sentiment", "input=jsonl", f"input.path={data}", f"model.id={model}", "threads=1", "batch_size=2", "call.top_k=2"],
         run_dir=tmp_path / "run",
     )
     assert result.status == "complete"

@@ -23,6 +23,11 @@ STAGE_TYPES: dict[str, str] = {
     "rename": "composer.stages.post:Rename",
     "map_labels": "composer.stages.post:MapLabels",
     "threshold": "composer.stages.post:Threshold",
+    # embeddings (feature-extraction output)
+    "mean_pool": "composer.stages.embeddings:MeanPool",
+    "embedding_classify": "composer.stages.embeddings:EmbeddingClassify",
+    "semantic_search": "composer.stages.embeddings:SemanticSearch",
+    "near_duplicates": "composer.stages.embeddings:NearDuplicates",
     # sinks
     "outputs": "composer.stages.sinks:OutputsSink",
 }

@@ -8,10 +8,22 @@ shape difference transformers has between single and list calls is mirrored.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from composer.records import Record, to_jsonable
 from composer.stages.base import Stage, require_field
+
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def pickle_only_weights(folder: str) -> list[str]:
+    """Weight files that need pickle, when a local model folder has no safetensors at all."""
+    root = Path(folder)
+    if not root.is_dir() or any(root.glob("*.safetensors")):
+        return []
+    return sorted(p.name for p in root.iterdir() if p.suffix in _PICKLE_SUFFIXES and "training_args" not in p.name)
 
 
 class PipelineStage(Stage):
@@ -50,6 +62,9 @@ class PipelineStage(Stage):
         self.quantization_object: Any = None
         self.load_seconds: float | None = None
         self.batch_seconds: list[float] = []
+        self.cache: Any = None
+        self.upstream_fingerprint = ""
+        self.cache_hits = self.cache_misses = 0
 
     def check(self) -> list:
         """Deep checks that need transformers but no weights: task parameters, quantization, model."""
@@ -61,23 +76,41 @@ class PipelineStage(Stage):
         issues = check_task_params(self.task, self.build_params, self.call_params, (f"{prefix}pipeline", f"{prefix}call"))
         issues += check_quantization_backend(self.quantization, f"{prefix}quantization")
         try:
-            self.resolved = resolve_model(self.model_config["id"], self.model_config["revision"], self.task)
+            self.resolved = resolve_model(self.model_config["id"], self.model_config["revision"], self.task, self.model_config.get("fallback"))
         except ModelUnavailable as error:
             issues.append(ConfigIssue(f"{prefix}model.id", str(error)))
+        if self.resolved is not None and not self.model_config.get("allow_pickle"):
+            pickled = pickle_only_weights(self.resolved.load_from)
+            if pickled:
+                issues.append(ConfigIssue(
+                    f"{prefix}model.id",
+                    f"{self.resolved.load_from} has only pickle-based weights ({', '.join(pickled)}), and loading "
+                    f"pickle can run arbitrary code; convert them to safetensors or set {prefix}model.allow_pickle=true",
+                ))
         return issues
 
     def _key_prefix(self) -> str:
         return "" if self.name == "model" else f"stages.{self.name}."
 
+    def use_cache(self, cache: Any, upstream_fingerprint: str) -> None:
+        """Serve outputs from a ResultCache; the model then loads only on the first miss."""
+        self.cache, self.upstream_fingerprint = cache, upstream_fingerprint
+
     def setup(self) -> None:
+        if self.cache is None:
+            self._load()
+
+    def _load(self) -> None:
         from transformers import pipeline
 
         from composer.runtime import build_quantization, resolve_model, torch_dtype
 
         if self.resolved is None:
-            self.resolved = resolve_model(self.model_config["id"], self.model_config["revision"], self.task)
+            self.resolved = resolve_model(self.model_config["id"], self.model_config["revision"], self.task, self.model_config.get("fallback"))
         self.quantization_object = build_quantization(self.quantization)
         model_kwargs = dict(self.model_config["model_kwargs"] or {})
+        if not self.model_config.get("allow_pickle"):
+            model_kwargs.setdefault("use_safetensors", True)  # transformers then refuses .bin weights
         if self.quantization_object is not None:
             # pipeline() ignores a top-level quantization_config: it must travel in model_kwargs.
             model_kwargs["quantization_config"] = self.quantization_object
@@ -122,6 +155,33 @@ class PipelineStage(Stage):
 
     def process(self, records: list[Record]) -> list[Record]:
         inputs = [self._model_input(record) for record in records]
+        if self.cache is None:
+            outputs = self._predict(inputs)
+        else:
+            outputs = self._predict_cached(inputs)
+        for record, output in zip(records, outputs):
+            record[self.output_field] = output
+        return records
+
+    def _predict_cached(self, inputs: list[Any]) -> list[Any]:
+        from composer.cache import record_key
+
+        fingerprint = self.fingerprint()
+        keys = [record_key(fingerprint, self.upstream_fingerprint, to_jsonable(i)) for i in inputs]
+        found = self.cache.get_many(keys)
+        todo = [index for index, key in enumerate(keys) if key not in found]
+        self.cache_hits += len(keys) - len(todo)
+        self.cache_misses += len(todo)
+        if todo:
+            if self.pipe is None:
+                self._load()
+            fresh = self._predict([inputs[index] for index in todo])
+            self.cache.put_many({keys[index]: output for index, output in zip(todo, fresh)})
+            found.update({keys[index]: output for index, output in zip(todo, fresh)})
+        return [found[key] for key in keys]
+
+    def _predict(self, inputs: list[Any]) -> list[Any]:
+        """Outputs for these inputs, each equal to the pipeline's single-input result (JSON-clean)."""
         started = time.perf_counter()
         if len(inputs) == 1:
             # A one-item list comes back unwrapped from some pipelines (fill-mask); a single
@@ -133,9 +193,7 @@ class PipelineStage(Stage):
                 raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(inputs)} inputs")
             outputs = [self._as_single_call(i, o) for i, o in zip(inputs, outputs)]
         self.batch_seconds.append(time.perf_counter() - started)
-        for record, output in zip(records, outputs):
-            record[self.output_field] = to_jsonable(output)
-        return records
+        return [to_jsonable(output) for output in outputs]
 
     def describe(self) -> dict[str, Any]:
         from composer.runtime import quantization_json
@@ -145,8 +203,12 @@ class PipelineStage(Stage):
             "model": self.resolved.to_json() if self.resolved else None,
             "quantization": quantization_json(self.quantization_object),
             "trust_remote_code": bool(self.model_config["trust_remote_code"]),
+            "allow_pickle": bool(self.model_config.get("allow_pickle")),
             "load_seconds": self.load_seconds,
+            "loaded": self.load_seconds is not None,
         }
+        if self.cache is not None:
+            facts["cache"] = {"path": str(self.cache.path), "hits": self.cache_hits, "misses": self.cache_misses}
         if self.pipe is not None:
             model = self.pipe.model
             facts.update(

@@ -1,0 +1,119 @@
+"""The result cache: keyed on exactly what changes outputs, safe across processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from composer import api
+from composer.cache import ResultCache
+from composer.testing import tiny_model_path
+from conftest import run_cli, write_jsonl
+
+TEXTS = ["Great battery life", "Arrived broken", "Support was slow", "Works as described", "Too expensive"]
+
+
+@pytest.fixture()
+def cached(tmp_path):
+    """Run a config with cache=on into a fresh folder; returns (result, model stage facts)."""
+    data = write_jsonl(tmp_path / "input.jsonl", [{"text": t} for t in TEXTS])
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_path("text-classification"), model)
+    base = ["experiment=tiny-sentiment", f"model.id={model}", "input=jsonl", f"input.path={data}", "postprocess=[]",
+            "cache=on", f"cache.path={tmp_path / 'cache.sqlite'}", "threads=1"]
+    counter = iter(range(100))
+
+    def run(*overrides: str):
+        result = api.run([*base, *overrides], run_dir=tmp_path / f"run{next(counter)}")
+        assert result.status == "complete"
+        return result, result.manifest()["stages"]["model"]
+
+    return run, model
+
+
+def test_a_repeated_run_hits_every_record_and_loads_no_model(cached):
+    run, _ = cached
+    first, facts = run()
+    assert facts["cache"]["misses"] == 5 and facts["cache"]["hits"] == 0 and facts["loaded"] is True
+    second, facts = run("batch_size=2")  # batch size never changes outputs: still a hit
+    assert facts["cache"] == {"path": facts["cache"]["path"], "hits": 5, "misses": 0}
+    assert facts["loaded"] is False and second.metrics()["models"]["model"]["load_seconds"] is None
+    assert (second.run_dir / "outputs.jsonl").read_bytes() == (first.run_dir / "outputs.jsonl").read_bytes()
+
+
+def test_what_changes_outputs_misses(cached):
+    run, model = cached
+    run()
+    assert run("call.top_k=2")[1]["cache"]["misses"] == 5  # model stage config
+    assert run("preprocess=[{type: normalize, lowercase: true}]")[1]["cache"]["misses"] == 5  # upstream stage
+    assert run("model.dtype=bfloat16")[1]["cache"]["misses"] == 5  # dtype
+    assert run("on_error=fail", "max_errors=3")[1]["cache"]["hits"] == 5  # nothing that changes outputs
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(model / "model.safetensors")
+    weights["classifier.bias"][0] += 1.0
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    assert run()[1]["cache"]["misses"] == 5  # the weights' content hash
+
+
+def test_a_rerun_sweep_loads_no_model(tmp_path):
+    data = write_jsonl(tmp_path / "input.jsonl", [{"text": t} for t in TEXTS])
+    sweep = ["run", "-m", "experiment=tiny-sentiment", "input=jsonl", f"input.path={data}", "batch_size=1,4", "cache=on",
+             f"cache.path={tmp_path / 'cache.sqlite'}", "threads=1"]
+    run_cli(*sweep, f"hydra.sweep.dir={tmp_path / 'first'}", cwd=tmp_path, check=True)
+    run_cli(*sweep, f"hydra.sweep.dir={tmp_path / 'second'}", cwd=tmp_path, check=True)
+    for job in ("0", "1"):
+        facts = json.loads((tmp_path / "second" / job / "manifest.json").read_text())["stages"]["model"]
+        assert facts["loaded"] is False and facts["cache"]["hits"] == 5
+        assert (tmp_path / "second" / job / "outputs.jsonl").read_bytes() == (tmp_path / "first" / job / "outputs.jsonl").read_bytes()
+
+
+HAMMER = """
+import sys
+from composer.cache import ResultCache
+cache = ResultCache(sys.argv[1])
+me = int(sys.argv[2])
+for round in range(150):
+    keys = [f"k{(round * 7 + i) % 300}" for i in range(8)]
+    cache.put_many({k: {"value": k, "by": "anyone"} for k in keys})
+    found = cache.get_many(keys)
+    assert set(found) == set(keys), (me, round)
+    assert all(found[k]["value"] == k for k in keys)
+print("ok")
+"""
+
+
+def test_four_processes_hammering_the_cache_never_fail(tmp_path):
+    path = tmp_path / "shared.sqlite"
+    script = tmp_path / "hammer.py"
+    script.write_text(HAMMER)
+    processes = [
+        subprocess.Popen([sys.executable, str(script), str(path), str(n)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for n in range(4)
+    ]
+    results = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], results
+    assert all(out.strip() == "ok" for out, _ in results)
+    cache = ResultCache(path)
+    assert cache.info()["entries"] == 300
+    cache.close()
+
+
+def test_cache_info_and_clear(tmp_path):
+    path = tmp_path / "c.sqlite"
+    cache = ResultCache(path)
+    cache.put_many({"a": 1, "b": [1, 2]})
+    cache.close()
+    info = run_cli("cache", "info", "--path", str(path), cwd=tmp_path, check=True)
+    assert info.stdout.startswith(f"{path}: 2 entries, ")
+    cleared = run_cli("cache", "clear", "--path", str(path), cwd=tmp_path, check=True)
+    assert cleared.stdout.strip() == f"removed 2 entries from {path}"
+    assert ResultCache(path).info()["entries"] == 0
+    os.environ.get("COMPOSER_CACHE_DIR")  # the default location lives under it
+    assert Path(os.environ["COMPOSER_CACHE_DIR"]) / "results.sqlite" == __import__("composer.cache", fromlist=["x"]).default_path()
