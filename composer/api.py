@@ -266,6 +266,9 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
         for stage in graph.stages()[1:]:
             stage.setup()
         attempt["setup_seconds"] = time.perf_counter() - setup_started
+        # Again after setup: a model loaded fresh may have drawn random numbers, one reused from
+        # an earlier run in this process (composer.modelpool) did not; sampling must not care.
+        seed_everything(config["seed"], config.get("deterministic", False))
         total = graph.source.total()
         progress, task_id = _progress(config["progress"], None if total is None else max(total - len(skip_ids), 0))
         with progress, _StopRequests() as stop:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from composer import modelpool
 from composer.records import Record, to_jsonable
 from composer.stages.base import Stage, require_field
 
@@ -65,6 +66,8 @@ class PipelineStage(Stage):
         self.cache: Any = None
         self.upstream_fingerprint = ""
         self.cache_hits = self.cache_misses = 0
+        self.pool_key: str | None = None
+        self.reused = False
 
     def check(self) -> list:
         """Deep checks that need transformers but no weights: task parameters, quantization, model."""
@@ -127,8 +130,16 @@ class PipelineStage(Stage):
         for key in ("device", "device_map", "tokenizer"):
             if self.model_config[key] is not None:
                 kwargs[key] = self.model_config[key]
+        # A run in the same process that built this exact pipeline left it in the pool.
+        self.pool_key = modelpool.pipeline_key({
+            "task": self.task, "resolved": self.resolved.to_json(), "model": self.model_config,
+            "quantization": self.quantization, "pipeline": self.build_params,
+        })
         started = time.perf_counter()
-        self.pipe = pipeline(**kwargs)
+        self.pipe = modelpool.take(self.pool_key)
+        self.reused = self.pipe is not None
+        if self.pipe is None:
+            self.pipe = pipeline(**kwargs)
         self.load_seconds = time.perf_counter() - started
 
     def _model_input(self, record: Record) -> Any:
@@ -206,6 +217,7 @@ class PipelineStage(Stage):
             "allow_pickle": bool(self.model_config.get("allow_pickle")),
             "load_seconds": self.load_seconds,
             "loaded": self.load_seconds is not None,
+            "reused": self.reused,  # taken from an earlier run in this process (composer.modelpool)
         }
         if self.cache is not None:
             facts["cache"] = {"path": str(self.cache.path), "hits": self.cache_hits, "misses": self.cache_misses}
@@ -237,4 +249,6 @@ class PipelineStage(Stage):
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
     def close(self) -> None:
+        if self.pipe is not None and self.pool_key is not None:
+            modelpool.release(self.pool_key, self.pipe)
         self.pipe = None
