@@ -133,12 +133,19 @@ def resume(run_dir: str | Path) -> RunResult:
     return execute_config(config, run_dir, runstore.read_json(run_dir / runstore.MANIFEST).get("overrides", []))
 
 
+def _shows_progress(enabled: bool | None) -> bool:
+    """`progress: null` means a bar only when stderr is a terminal."""
+    from rich.console import Console
+
+    return Console(stderr=True).is_terminal if enabled is None else enabled
+
+
 def _progress(enabled: bool | None, total: int | None):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
-    show = console.is_terminal if enabled is None else enabled
+    show = _shows_progress(enabled)
     columns = [TextColumn("[bold]records"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
     progress = Progress(*columns, console=console, disable=not show, transient=False)
@@ -262,6 +269,13 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
         manifest["deterministic"] = bool(config.get("deterministic", False))
         manifest["threads"] = set_threads(config["threads"])
         manifest["device"] = _device_facts()
+        # Without our bar, transformers' own "Loading weights" bars would fill the logs.
+        from transformers.utils import logging as transformers_logging
+
+        if _shows_progress(config["progress"]):
+            transformers_logging.enable_progress_bar()
+        else:
+            transformers_logging.disable_progress_bar()
         setup_started = time.perf_counter()
         for stage in graph.stages()[1:]:
             stage.setup()

@@ -82,5 +82,6 @@ def test_a_model_that_fails_to_load_is_reported_not_raised(tmp_path):
 def test_progress_bar_only_when_asked_or_on_a_terminal(tmp_path):
     quiet = run_cli("run", "experiment=tiny-sentiment", "threads=1", f"hydra.run.dir={tmp_path / 'quiet'}", cwd=tmp_path, check=True)
     assert "24/24" not in quiet.stderr
+    assert "Loading weights" not in quiet.stderr  # nor transformers' own bars
     shown = run_cli("run", "experiment=tiny-sentiment", "threads=1", "progress=true", f"hydra.run.dir={tmp_path / 'shown'}", cwd=tmp_path, check=True)
     assert "records" in shown.stderr and "24/24" in shown.stderr and "/s" in shown.stderr
