@@ -248,10 +248,13 @@ def plan_command(argv: Sequence[str]) -> int:
     print("# resolved config")
     print(OmegaConf.to_yaml(OmegaConf.create(config)), end="")
     print("# stage graph")
-    for node in graph.describe():
-        inputs = ", ".join(node["inputs"]) or "-"
-        print(f"{node['name']:<14} {node['kind']:<9} {node['type']:<16} <- {inputs:<16} "
-              f"reads [{', '.join(node['reads'])}] writes [{', '.join(node['writes'])}]")
+    nodes = graph.describe()
+    for node in nodes:
+        node["inputs"] = ", ".join(node["inputs"]) or "-"
+    width = {key: max(len(node[key]) for node in nodes) for key in ("name", "kind", "type", "inputs")}
+    for node in nodes:
+        print(f"{node['name']:<{width['name']}}  {node['kind']:<{width['kind']}}  {node['type']:<{width['type']}}  "
+              f"<- {node['inputs']:<{width['inputs']}}  reads [{', '.join(node['reads'])}] writes [{', '.join(node['writes'])}]")
     return api.EXIT_OK
 
 

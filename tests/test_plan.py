@@ -33,6 +33,13 @@ def test_plan_prints_resolved_config_and_graph(tmp_path):
     assert graph[3].split()[:5] == ["outputs", "sink", "OutputsSink", "<-", "model"]
 
 
+def test_plan_graph_columns_stay_aligned_with_long_stage_names(tmp_path):
+    done = run_cli("plan", cwd=tmp_path, check=True)  # the default job: embedding_classify and others
+    rows = [row for row in done.stdout.split("# stage graph")[1].splitlines() if row]
+    assert len(rows) == 6 and len({row.index(" <- ") for row in rows}) == 1
+    assert len({row.index("reads [") for row in rows}) == 1
+
+
 def test_plan_imports_neither_torch_nor_transformers(tmp_path):
     code = (
         "import sys, contextlib, io\n"
