@@ -162,6 +162,33 @@ def test_report_html_parses_and_shows_the_plots(sweep):
     assert "| transformers |" in markdown and "| git commit |" in markdown  # versions table
 
 
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_as_a_person_sees_it_in_headless_chromium(sweep, tmp_path):
+    """A screenshot of report.html shows its plots: matplotlib's colours appear on the page,
+    and the page is mostly white with dark text, as written."""
+    import subprocess
+
+    from PIL import Image
+
+    shot = tmp_path / "report.png"
+    done = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,2600",
+         f"--screenshot={shot}", (sweep / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert shot.is_file(), done.stderr
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1200, 2600)
+    pixels = list(image.getdata())
+    white = sum(1 for r, g, b in pixels if min(r, g, b) > 240) / len(pixels)
+    coloured = sum(1 for r, g, b in pixels if max(r, g, b) - min(r, g, b) > 60) / len(pixels)
+    assert 0.3 < white < 0.99  # a page with content on a white background
+    assert coloured > 0.002  # the plots rendered (text and tables are black and grey)
+
+
 def test_report_is_regenerated_byte_identically(sweep, tmp_path):
     """From the run folders alone, anywhere, by the CLI or the API: the same bytes, except the
     report's own timestamp (and with SOURCE_DATE_EPOCH, not even that)."""
