@@ -38,6 +38,10 @@ class Graph:
     """Stages in execution order; the first node is the source and the last the outputs sink."""
 
     nodes: list[Node]
+    # Records read ahead from the source as one unit: model stages order such a window by length
+    # before batching, and it is what a crash can lose. batch_size when nothing sorts.
+    window: int = 8
+    prefetch: int = 1  # windows a background thread reads and preprocesses ahead (0: none)
 
     @property
     def source(self) -> Source:
@@ -221,6 +225,7 @@ def plan(config: dict, run_dir: str | None = None) -> Graph:
         input_field=config.get("model_input") or config["input"].get("field", "text"),
         output_field=config.get("model_output", "prediction"),
         batch_size=config["batch_size"],
+        **_batching_params(config),
     )
     nodes.append(Node(model_stage, [chain_tail], "model"))
     chain_tail = MODEL
@@ -228,7 +233,7 @@ def plan(config: dict, run_dir: str | None = None) -> Graph:
     for name, spec in (config.get("stages") or {}).items():
         path = f"stages.{name}"
         if isinstance(spec, dict) and spec.get("type") == "model":
-            spec = {"batch_size": config["batch_size"], **spec}
+            spec = {"batch_size": config["batch_size"], **_batching_params(config), **spec}
         node, found = _spec_stage(spec, path, str(name), allow_any)
         issues.extend(found)
         if node is None:
@@ -244,7 +249,35 @@ def plan(config: dict, run_dir: str | None = None) -> Graph:
     sink = load_class(STAGE_TYPES[SINK])(SINK, run_dir=run_dir)
     consumed = {i for n in ordered for i in n.inputs}
     ordered.append(Node(sink, [n.stage.name for n in ordered if n.stage.name not in consumed], "(run folder)"))
-    return Graph(ordered)
+    return Graph(ordered, window=window_size(config, [n.stage for n in ordered]), prefetch=int(config.get("prefetch", 1)))
+
+
+DEFAULT_SORT_WINDOW = 256
+AUTO_BATCH_WINDOW = 128  # batch_size=auto without length sorting: records per window (the probe needs some)
+
+
+def _batching_params(config: dict) -> dict[str, Any]:
+    """Length sorting and token budget for model stages: sort_window=auto leaves the choice to
+    each stage's task (PipelineStage.SORTED_TASKS), 0 turns sorting off, a number turns it on."""
+    sort_window = config.get("sort_window", "auto")
+    return {
+        "sort_by_length": None if sort_window == "auto" else bool(sort_window),
+        "max_batch_tokens": config.get("max_batch_tokens"),
+    }
+
+
+def window_size(config: dict, stages: list[Stage]) -> int:
+    """Records read ahead per window: sort_window when some model stage sorts by length (auto:
+    DEFAULT_SORT_WINDOW, rounded up to whole batches), else one batch."""
+    batch_size = config["batch_size"]
+    batch = batch_size if isinstance(batch_size, int) else AUTO_BATCH_WINDOW
+    sorts = any(getattr(stage, "sorts_by_length", False) for stage in stages)
+    sort_window = config.get("sort_window", "auto")
+    if not sorts:
+        return batch
+    if sort_window == "auto":
+        return -(-max(DEFAULT_SORT_WINDOW, batch) // batch) * batch
+    return max(int(sort_window), 1)
 
 
 def _check_edges(nodes: list[Node], failed: set[str]) -> list[ConfigIssue]:
@@ -335,12 +368,14 @@ def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 class ExecutionPolicy:
     """How a run treats failures, what it skips, and when it stops."""
 
-    batch_size: int
+    batch_size: int | str
     on_error: str = "skip"
     max_errors: int | None = None
     errors_before: int = 0  # failures recorded by earlier attempts (they count toward max_errors)
     skip_ids: set[str] = field(default_factory=set)  # records finished by an earlier attempt
     should_stop: Callable[[], bool] = lambda: False  # checked between batches (Ctrl-C, SIGTERM)
+    window: int | None = None  # records read ahead as one unit (None: the graph's window)
+    prefetch: int | None = None  # windows a background thread prepares ahead (None: the graph's)
 
 
 class RunInterrupted(Exception):
@@ -372,6 +407,149 @@ def _unfinished(items: Iterator[Record | RecordFailure], skip_ids: set[str], sta
         yield item
 
 
+@dataclass
+class _Window:
+    """Records read from the source together, after the light transforms that precede the first
+    model stage. `positions` maps a record id to its place in the input, which is the order the
+    window's records leave in; `lengths` holds, per model stage, each record's input length,
+    measured ahead by the prefetch thread."""
+
+    size: int
+    records: list[Record]
+    failures: list[tuple[int, RecordFailure]]
+    positions: dict[str, int]
+    lengths: dict[str, dict[str, int]]
+
+
+def _split_head(nodes: list[Node]) -> tuple[list[Node], list[Node]]:
+    """The leading transforms cheap and safe to run in the prefetch thread, and the rest."""
+    head = 0
+    while head < len(nodes) and getattr(nodes[head].stage, "prefetchable", False):
+        head += 1
+    return nodes[:head], nodes[head:]
+
+
+def _with_positions(before: list[Record], failed: list[RecordFailure], positions: dict[str, int]) -> list[tuple[int, RecordFailure]]:
+    return [(positions.get(str(f.id), len(positions)), f) for f in failed]
+
+
+def _read_windows(graph: Graph, head: list[Node], stats: ExecutionStats, policy: ExecutionPolicy) -> Iterator[_Window]:
+    """Windows of unfinished records with the head transforms applied and input lengths measured:
+    the work that can overlap with the model's forward passes."""
+    model_stages = [n.stage for n in graph.nodes if hasattr(n.stage, "input_lengths")]
+    items = _unfinished(graph.source.iter_records(), policy.skip_ids, stats)
+    for batch in _batches(items, policy.window or graph.window):
+        records: list[Record] = []
+        failures: list[tuple[int, RecordFailure]] = []
+        positions: dict[str, int] = {}
+        for position, item in enumerate(batch):
+            if isinstance(item, RecordFailure):
+                failures.append((position, item))
+            else:
+                records.append(item)
+                positions[str(item["id"])] = position
+        for node in head:
+            if not records:
+                break
+            stage_started = time.perf_counter()
+            before = records
+            records, failed = _run_stage(node.stage, records)
+            stats.stage_seconds[node.stage.name] += time.perf_counter() - stage_started
+            failures += _with_positions(before, failed, positions)
+        lengths: dict[str, dict[str, int]] = {}
+        for stage in model_stages:
+            if getattr(stage, "wants_lengths", False):
+                try:
+                    lengths[stage.name] = stage.input_lengths(records)
+                except Exception:  # noqa: BLE001 - a field written later in the graph; measured then
+                    pass
+        yield _Window(len(batch), records, failures, positions, lengths)
+
+
+_DONE = object()
+
+
+def _prefetched(windows: Iterator[_Window], depth: int) -> Iterator[_Window]:
+    """Produce `windows` in a background thread, at most `depth` ahead of the consumer, so that
+    reading, light transforms and tokenizing overlap with the model (torch and the tokenizers
+    release the GIL). Memory stays bounded: depth + 2 windows exist at any time."""
+    import queue
+    import threading
+
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stopping = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stopping.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for window in windows:
+                if not put(window):
+                    return
+            put(_DONE)
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
+            put(error)
+
+    worker = threading.Thread(target=produce, name="composer-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stopping.set()
+        worker.join(timeout=5)
+
+
+def _run_batched(
+    stage: Stage,
+    records: list[Record],
+    positions: dict[str, int],
+    lengths: dict[str, int] | None,
+    halt: Callable[[int], bool],
+    on_batch: Callable[[int], None],
+) -> tuple[list[Record], list[tuple[int, RecordFailure]], int | None]:
+    """Run a model stage over a window in the batches it plans (length-sorted, under a token
+    budget), each batch with per-record error isolation; survivors come back in input order.
+
+    After each batch `halt(failures so far)` may stop the window early: the third value is
+    then the input position of the first record left undone (None when all were run)."""
+    plan = stage.plan_batches(records, lengths)  # type: ignore[attr-defined]
+    done = [False] * len(records)
+    kept_ids: set[str] = set()
+    failures: list[tuple[int, RecordFailure]] = []
+    try:
+        for indices in plan:
+            batch = [records[i] for i in indices]
+            kept, failed = _run_stage(stage, batch)
+            kept_ids.update(str(r["id"]) for r in kept)
+            failures += _with_positions(batch, failed, positions)
+            for i in indices:
+                done[i] = True
+            on_batch(len(indices))
+            if not all(done) and halt(len(failures)):
+                undone = min(positions[str(records[i]["id"])] for i, finished in enumerate(done) if not finished)
+                return [r for r in records if str(r["id"]) in kept_ids], failures, undone
+    finally:
+        close = getattr(plan, "close", None)
+        if close is not None:
+            close()
+    # Outputs of a stage that returns new dicts are found by id, in input order.
+    kept_by_id = {str(r["id"]): r for r in records if str(r["id"]) in kept_ids}
+    return list(kept_by_id.values()), failures, None
+
+
 def _execute_batches(
     graph: Graph,
     stats: ExecutionStats,
@@ -379,30 +557,96 @@ def _execute_batches(
     on_failures: Callable[[list[RecordFailure]], None],
     advance: Callable[[int], None],
 ) -> None:
+    """Windows of records go through the stages (model stages batch each window their own way)
+    and leave in input order. A window is written once done; stopping early (on_error=fail,
+    max_errors, a stop request) writes the records before the first one left undone or failed,
+    so outputs.jsonl stays an input-order prefix that resume continues."""
     *transforms, sink = graph.nodes[1:]
-    for batch in _batches(_unfinished(graph.source.iter_records(), policy.skip_ids, stats), policy.batch_size):
-        stats.batches += 1
-        stats.records_in += len(batch)
-        failures = [item for item in batch if isinstance(item, RecordFailure)]
-        records = [item for item in batch if not isinstance(item, RecordFailure)]
-        for node in transforms:
-            if not records:
-                break
-            stage_started = time.perf_counter()
+    head, tail = _split_head(transforms)
+    windows = _read_windows(graph, head, stats, policy)
+    prefetch = graph.prefetch if policy.prefetch is None else policy.prefetch
+    if prefetch > 0:
+        windows = _prefetched(windows, prefetch)
+    try:
+        for window in windows:
+            _run_window(window, tail, sink, stats, policy, on_failures, advance)
+    finally:
+        close = getattr(windows, "close", None)
+        if close is not None:
+            close()
+
+
+def _errors_so_far(policy: ExecutionPolicy, stats: ExecutionStats, pending: int) -> int:
+    return policy.errors_before + stats.records_failed + pending
+
+
+def _run_window(
+    window: _Window,
+    tail: list[Node],
+    sink: Node,
+    stats: ExecutionStats,
+    policy: ExecutionPolicy,
+    on_failures: Callable[[list[RecordFailure]], None],
+    advance: Callable[[int], None],
+) -> None:
+    records, failures, positions = window.records, list(window.failures), window.positions
+    stats.records_in += window.size
+    cut: int | None = None  # input position from which this window is not written
+    counted = False
+    advanced = 0
+
+    def halt(pending: int) -> bool:
+        if policy.on_error == "fail" and (failures or pending):
+            return True
+        if policy.max_errors is not None and _errors_so_far(policy, stats, len(failures) + pending) >= policy.max_errors:
+            return True
+        return policy.should_stop()
+
+    def on_batch(n: int) -> None:
+        nonlocal advanced
+        if not counted:
+            stats.batches += 1
+            advanced += n
+            advance(n)
+
+    for node in tail:
+        if not records:
+            break
+        stage_started = time.perf_counter()
+        if hasattr(node.stage, "plan_batches"):
+            records, failed, undone = _run_batched(node.stage, records, positions, window.lengths.get(node.stage.name), halt, on_batch)
+            counted = True  # progress and batch counts follow the first model stage
+            if undone is not None:
+                cut = undone if cut is None else min(cut, undone)
+                records = [r for r in records if positions[str(r["id"])] < cut]
+        else:
+            before = records
             records, failed = _run_stage(node.stage, records)
-            stats.stage_seconds[node.stage.name] += time.perf_counter() - stage_started
-            failures += failed
-        stats.records_failed += len(failures)
-        on_failures(failures)
-        if failures and policy.on_error == "fail":
-            # The batch in flight is dropped whole: outputs hold only batches before the failure.
-            first = failures[0]
-            raise RunAborted(f"record {first.id!r} failed in stage {first.stage!r} and on_error=fail: {first.message}")
+            failed = _with_positions(before, failed, positions)
+        stats.stage_seconds[node.stage.name] += time.perf_counter() - stage_started
+        failures += failed
+    if not counted:
+        stats.batches += 1
+    failures.sort(key=lambda pair: pair[0])
+    if failures and policy.on_error == "fail":
+        cut = failures[0][0] if cut is None else min(cut, failures[0][0])
+    if cut is not None:
+        records = [r for r in records if positions[str(r["id"])] < cut]
+    stats.records_failed += len(failures)
+    on_failures([failure for _, failure in failures])
+    if failures and policy.on_error == "fail":
+        # Outputs hold the records before the failing one, in input order; the rest is dropped.
+        first = failures[0][1]
         sink.stage.process(records)
         stats.records_ok += len(records)
-        advance(len(batch))
-        failed = policy.errors_before + stats.records_failed
-        if policy.max_errors is not None and failed >= policy.max_errors:
-            raise RunAborted(f"{failed} records failed, reaching max_errors={policy.max_errors}")
-        if policy.should_stop():
-            raise RunInterrupted("stopped on request after finishing the batch in flight")
+        raise RunAborted(f"record {first.id!r} failed in stage {first.stage!r} and on_error=fail: {first.message}")
+    sink.stage.process(records)
+    stats.records_ok += len(records)
+    finished = len(records) + len(failures) if cut is not None else window.size
+    if finished > advanced:
+        advance(finished - advanced)
+    failed_total = _errors_so_far(policy, stats, 0)
+    if policy.max_errors is not None and failed_total >= policy.max_errors:
+        raise RunAborted(f"{failed_total} records failed, reaching max_errors={policy.max_errors}")
+    if policy.should_stop() or cut is not None:
+        raise RunInterrupted("stopped on request after finishing the batch in flight")

@@ -109,7 +109,12 @@ class ComposerConfig:
     preprocess: list = dataclasses.field(default_factory=list)
     postprocess: list = dataclasses.field(default_factory=list)
     stages: dict = dataclasses.field(default_factory=dict)  # extra named stages, e.g. a second model (fan-out)
-    batch_size: int = 8
+    batch_size: int | Literal["auto"] = 8  # auto: by measured throughput on CPU, largest that fits on CUDA
+    # Records read ahead and ordered by token length before batching, then written back in input
+    # order: auto = 256 for tasks whose outputs do not depend on batch-mates, else off; 0 = off.
+    sort_window: int | Literal["auto"] = "auto"
+    max_batch_tokens: int | None = None  # cap on padded tokens (longest x count) per batch
+    prefetch: int = 1  # windows read and preprocessed ahead in a background thread (0: none)
     threads: int | None = None
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms: fail rather than vary
@@ -322,10 +327,31 @@ def validate(config: dict) -> list[ConfigIssue]:
             issues.append(ConfigIssue(f"{key}.batch_size", "set the top-level batch_size instead"))
     return issues
 
+    issues += _check_batching(config)
 
 _OBJECTIVE_ROOTS = ("throughput", "models", "quality")
 
 
+    return issues
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_batching(config: dict) -> list[ConfigIssue]:
+    """sort_window, max_batch_tokens and prefetch, against each other and batch_size."""
+    issues = []
+    window, batch, budget, prefetch = (config.get(k) for k in ("sort_window", "batch_size", "max_batch_tokens", "prefetch"))
+    if _is_int(window) and window < 0:
+        issues.append(ConfigIssue("sort_window", f"sort_window must be 0 (off), auto or >= 1, got {window}"))
+    elif _is_int(window) and _is_int(batch) and 0 < window < batch:
+        issues.append(ConfigIssue("sort_window", f"sort_window ({window}) must be 0 (off) or at least batch_size ({batch}): "
+                                  "a window smaller than a batch would cut every batch short"))
+    if _is_int(budget) and budget < 1:
+        issues.append(ConfigIssue("max_batch_tokens", f"max_batch_tokens must be >= 1 or null, got {budget}"))
+    if _is_int(prefetch) and prefetch < 0:
+        issues.append(ConfigIssue("prefetch", f"prefetch must be >= 0 (0: no background reading), got {prefetch}"))
 def _check_metrics(metrics: Any, objective: Any) -> list[ConfigIssue]:
     """Declared metric names exist; the objective is a dotted path into metrics.json."""
     from composer.metrics import METRIC_NAMES

@@ -22,3 +22,99 @@ def test_batch_size_1_and_16_give_the_same_outputs(task, tmp_path):
     assert [o["id"] for o in one] == [o["id"] for o in sixteen] and len(one) == len(texts)
     for a, b in zip(one, sixteen):
         assert_close(b["prediction"], a["prediction"], tol=1e-4, where=f"{task} {a['id']}")
+
+
+# Length-bucketed batching (issue 6): a window of records is ordered by token length, batched,
+# run, and written back in input order; none of it may change a record's output.
+def _run_texts(tmp_path, name: str, task: str, *overrides: str) -> tuple[list[dict], dict]:
+    texts = [t + " [MASK]" for t in TEXTS] if task == "fill-mask" else TEXTS
+    data = tmp_path / "input.jsonl"
+    if not data.exists():
+        write_jsonl(data, [{"n": i, "text": t} for i, t in enumerate(texts)])
+    base = ["experiment=tiny-sentiment", f"task={task}", f"model=tiny-{task}", "input=jsonl", f"input.path={data}",
+            "input.id_field=n", "threads=1", "progress=false"]
+    result = api.run([*base, *overrides], run_dir=tmp_path / name)
+    assert result.status == "complete", result.manifest().get("error")
+    return result.outputs(), result.manifest()["stages"]["model"]["batching"]
+
+
+def _assert_same(expected: list[dict], actual: list[dict], where: str) -> None:
+    assert [o["id"] for o in actual] == [o["id"] for o in expected] == [str(i) for i in range(len(TEXTS))]
+    for a, b in zip(expected, actual):
+        assert b["text"] == a["text"]
+        assert_close(b["prediction"], a["prediction"], tol=1e-4, where=f"{where} {a['id']}")
+
+
+@pytest.mark.parametrize("task", ["text-classification", "token-classification", "feature-extraction", "fill-mask"])
+def test_length_sorted_batching_gives_the_unsorted_outputs_in_input_order(task, tmp_path):
+    unsorted, facts = _run_texts(tmp_path, "unsorted", task, "batch_size=8", "sort_window=0")
+    assert facts["sort_by_length"] is False
+    ordered, facts = _run_texts(tmp_path, "sorted", task, "batch_size=8")  # the default: sort_window=auto
+    assert facts["sort_by_length"] is True
+    _assert_same(unsorted, ordered, task)
+
+
+def test_a_window_smaller_than_the_input_restores_order_per_window(tmp_path):
+    reference, _ = _run_texts(tmp_path, "unsorted", "text-classification", "batch_size=1", "sort_window=0")
+    # 40 records in windows of 12: four windows, each sorted by length inside, batches of 4.
+    windowed, facts = _run_texts(tmp_path, "windowed", "text-classification", "batch_size=4", "sort_window=12", "prefetch=2")
+    assert facts["sort_by_length"] is True
+    _assert_same(reference, windowed, "window 12")
+    no_prefetch, _ = _run_texts(tmp_path, "no-prefetch", "text-classification", "batch_size=4", "sort_window=12", "prefetch=0")
+    _assert_same(reference, no_prefetch, "prefetch 0")
+
+
+def test_plan_batches_sorts_longest_first_and_respects_the_token_budget():
+    from composer.stages.model import PipelineStage
+
+    stage = PipelineStage("model", task="text-classification", batch_size=4, max_batch_tokens=40)
+    records = [{"id": str(i), "text": "x"} for i in range(11)]
+    sizes = [3, 17, 5, 9, 9, 2, 30, 1, 12, 7, 4]
+    batches = list(stage.plan_batches(records, {str(i): n for i, n in enumerate(sizes)}))
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat) == list(range(11))  # every record exactly once
+    assert [sizes[i] for i in flat] == sorted(sizes, reverse=True)  # longest first
+    for batch in batches:
+        assert len(batch) <= 4
+        assert len(batch) == 1 or max(sizes[i] for i in batch) * len(batch) <= 40
+    assert batches[0] == [6]  # 30 tokens: a second record would make 2 x 30 > 40
+    # Without sorting the window keeps input order, cut by the same limits.
+    stage = PipelineStage("model", task="text-classification", batch_size=4, sort_by_length=False, max_batch_tokens=40)
+    batches = list(stage.plan_batches(records, {str(i): n for i, n in enumerate(sizes)}))
+    assert [i for batch in batches for i in batch] == list(range(11))
+    # Generation keeps input order by default (sort_window=auto).
+    assert PipelineStage("model", task="text-generation").sorts_by_length is False
+
+
+def test_token_budget_batches_give_the_same_outputs(tmp_path):
+    reference, _ = _run_texts(tmp_path, "unsorted", "token-classification", "batch_size=8", "sort_window=0")
+    budget, facts = _run_texts(tmp_path, "budget", "token-classification", "batch_size=16", "max_batch_tokens=64")
+    assert facts["max_batch_tokens"] == 64
+    _assert_same(reference, budget, "max_batch_tokens=64")
+
+
+def test_batch_size_auto_is_measured_and_recorded(tmp_path):
+    reference, _ = _run_texts(tmp_path, "unsorted", "text-classification", "batch_size=8", "sort_window=0")
+    auto, facts = _run_texts(tmp_path, "auto", "text-classification", "batch_size=auto", "sort_window=40")
+    assert facts["requested_batch_size"] == "auto" and facts["auto"]["chosen"] == facts["batch_size"]
+    assert facts["auto"]["method"].startswith("cpu") and str(facts["batch_size"]) in facts["auto"]["tokens_per_second"]
+    _assert_same(reference, auto, "batch_size=auto")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["batch_size=8", "sort_window=4"], "sort_window: sort_window (4) must be 0 (off) or at least batch_size (8)"),
+        (["sort_window=-1"], "sort_window: sort_window must be 0 (off), auto or >= 1, got -1"),
+        (["sort_window=big"], "sort_window: expected int or 'auto', got 'big'"),
+        (["max_batch_tokens=0"], "max_batch_tokens: max_batch_tokens must be >= 1 or null, got 0"),
+        (["prefetch=-1"], "prefetch: prefetch must be >= 0"),
+        (["batch_size=biggest"], "batch_size: expected int or 'auto', got 'biggest'"),
+    ],
+)
+def test_batching_settings_are_checked_at_plan_time(overrides, expected):
+    from composer.schema import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        api.plan(["experiment=tiny-sentiment", *overrides])
+    assert any(str(issue).startswith(expected) for issue in caught.value.issues), caught.value.issues

@@ -76,7 +76,7 @@ def test_every_plan_time_mistake_is_reported_at_once(tmp_path):
     [
         (["batchsize=3"], "batchsize: unknown key; did you mean 'batch_size'?"),
         (["model.dtyp=float16"], "model.dtyp: unknown key; did you mean 'dtype'?"),
-        (["batch_size=eight"], "batch_size: expected int, got 'eight'"),
+        (["batch_size=eight"], "batch_size: expected int or 'auto', got 'eight'"),
         (["model.dtype=fp16"], "model.dtype: expected 'auto' | 'float32' | 'bfloat16' | 'float16', got 'fp16'"),
         (["task=sentiment-analysys"], "task: unknown task 'sentiment-analysys' for transformers' pipeline(); did you mean 'sentiment-analysis'?"),
         (["task=summarization"], "task: unknown task 'summarization' for transformers' pipeline()"),

@@ -27,6 +27,16 @@ def pickle_only_weights(folder: str) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.suffix in _PICKLE_SUFFIXES and "training_args" not in p.name)
 
 
+# Tasks whose record outputs do not depend on their batch-mates (padding is masked, and each
+# record's result is cut to its own tokens), so ordering a window by length before batching is
+# safe and on by default (sort_window=auto). Generation is left in input order: sampled or
+# left-padded generation can differ with batch composition.
+SORTED_TASKS = frozenset({
+    "text-classification", "token-classification", "feature-extraction", "fill-mask",
+    "zero-shot-classification", "question-answering",
+})
+
+
 class PipelineStage(Stage):
     """Runs a transformers pipeline task over a field (or a mapping of fields) of each record."""
 
@@ -43,7 +53,9 @@ class PipelineStage(Stage):
         call: dict | None = None,
         input_field: str | dict = "text",
         output_field: str = "prediction",
-        batch_size: int = 8,
+        batch_size: int | str = 8,
+        sort_by_length: bool | None = None,
+        max_batch_tokens: int | None = None,
     ):
         model = {"id": None, "revision": None, "dtype": "auto", "device": None, "device_map": None,
                  "trust_remote_code": False, "tokenizer": None, "model_kwargs": {}, **(model or {})}
@@ -55,7 +67,15 @@ class PipelineStage(Stage):
         )
         self.task, self.model_config, self.quantization = task, model, quantization
         self.build_params, self.call_params = dict(pipeline or {}), dict(call or {})
-        self.input_field, self.output_field, self.batch_size = input_field, output_field, batch_size
+        self.input_field, self.output_field = input_field, output_field
+        # Batching never changes outputs, so none of it is in the params (the fingerprint):
+        # batch_size=auto is chosen on the first window (self.batch_size stays None till then).
+        self.requested_batch_size = batch_size
+        self.batch_size: int | None = None if batch_size == "auto" else int(batch_size)
+        self.sorts_by_length = task in SORTED_TASKS if sort_by_length is None else bool(sort_by_length)
+        self.max_batch_tokens = max_batch_tokens
+        self.batch_choice: dict[str, Any] | None = None
+        self._length_counter: Any = None
         self.reads = tuple(input_field.values()) if isinstance(input_field, dict) else (input_field,)
         self.writes = (output_field,)
         self.pipe: Any = None
@@ -91,6 +111,144 @@ class PipelineStage(Stage):
                     f"pickle can run arbitrary code; convert them to safetensors or set {prefix}model.allow_pickle=true",
                 ))
         return issues
+
+    @property
+    def wants_lengths(self) -> bool:
+        """Whether plan_batches uses input lengths (the graph measures them ahead)."""
+        return self.sorts_by_length or self.max_batch_tokens is not None or self.batch_size is None
+
+    def input_lengths(self, records: list[Record]) -> dict[str, int]:
+        """Each record's model input length in tokens (by id), for ordering and token budgets.
+
+        Safe to call from the prefetch thread: it uses its own copy of the fast tokenizer (a
+        transformers tokenizer shared across threads fails with "Already borrowed"). Lengths
+        only decide batching, never outputs, so without a fast tokenizer (or with the model not
+        loaded yet, as with the result cache) a character count stands in for them.
+        """
+        counter = self._length_counter or self._make_length_counter()
+        texts: list[str] = []
+        owners: list[str] = []
+        lengths: dict[str, int] = {}
+        for record in records:
+            key = str(record["id"])
+            value = self._model_input(record)
+            parts = [value] if isinstance(value, str) else [v for v in value.values() if isinstance(v, str)] if isinstance(value, dict) else []
+            lengths[key] = 0 if parts else 1
+            texts += parts
+            owners += [key] * len(parts)
+        for key, count in zip(owners, counter(texts) if texts else []):
+            lengths[key] += count
+        return lengths
+
+    def _make_length_counter(self) -> Any:
+        tokenizer = getattr(self.pipe, "tokenizer", None) if self.pipe is not None else None
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        limit = getattr(tokenizer, "model_max_length", None)
+        limit = limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None
+        if backend is None:
+            self._length_counter = lambda texts: [max(1, len(t) // 4) for t in texts]
+            return self._length_counter
+        from tokenizers import Tokenizer
+
+        own = Tokenizer.from_str(backend.to_str())
+        own.no_padding()
+        own.no_truncation()
+
+        def count(texts: list[str]) -> list[int]:
+            sizes = [len(e.ids) for e in own.encode_batch(texts)]
+            return [min(n, limit) for n in sizes] if limit else sizes
+
+        self._length_counter = count
+        return count
+
+    def plan_batches(self, records: list[Record], lengths: dict[str, int] | None = None) -> Any:
+        """The batches (lists of indices into `records`) this window runs in: by length,
+        longest first, when sorting; at most batch_size records and, with max_batch_tokens, at
+        most that many padded tokens (longest x count) each. A generator: with batch_size=auto
+        the first window's first batches are the probe, and the rest use the size it chose."""
+        if not self.wants_lengths:
+            size = self.batch_size or len(records)
+            yield from ([*range(start, min(start + size, len(records)))] for start in range(0, len(records), size))
+            return
+        if lengths is None or any(str(r["id"]) not in lengths for r in records):
+            lengths = self.input_lengths(records)
+        sizes = [lengths[str(r["id"])] for r in records]
+        order = sorted(range(len(records)), key=lambda i: (-sizes[i], i)) if self.sorts_by_length else list(range(len(records)))
+        if self.batch_size is None:
+            order = yield from self._choose_batch_size(records, order, sizes)
+        batch: list[int] = []
+        longest = 0
+        for index in order:
+            grown = max(longest, sizes[index])
+            full = len(batch) >= (self.batch_size or 8)
+            over = self.max_batch_tokens is not None and grown * (len(batch) + 1) > self.max_batch_tokens
+            if batch and (full or over):
+                yield batch
+                batch, grown = [], sizes[index]
+            batch.append(index)
+            longest = grown
+        if batch:
+            yield batch
+
+    PROBE_SIZES = (4, 8, 16, 32, 64)
+
+    def _choose_batch_size(self, records: list[Record], order: list[int], sizes: list[int]) -> Any:
+        """batch_size=auto. On CUDA: the largest batch of this window's longest inputs that fits
+        (accelerate's find_executable_batch_size). On CPU, memory is rarely the limit and bigger
+        is not faster, so measure: run records of similar (median) length in batches of each
+        candidate size, twice (ascending, then descending, to cancel drift), and keep the size
+        with the best tokens/s. The probe batches are real work, not extra: their records are
+        done. Yields the probe batches; returns the order of the records still to run."""
+        device = str(getattr(self.pipe, "device", "cpu")) if self.pipe is not None else "cpu"
+        if device.startswith("cuda"):
+            self.batch_size = self._cuda_batch_size(self._model_input(records[max(order, key=sizes.__getitem__)]))
+            return order
+        candidates = [c for c in self.PROBE_SIZES if self.max_batch_tokens is None or c <= max(1, self.max_batch_tokens // max(1, sizes[order[len(order) // 2]]))]
+        rounds = 2 if len(order) >= 2 * sum(candidates) else 1
+        while candidates and sum(candidates) * rounds > len(order):
+            candidates.pop()
+        if len(candidates) < 2:
+            self.batch_size = 8
+            self.batch_choice = {"requested": "auto", "chosen": 8, "method": "default (window too small to probe)"}
+            return order
+        middle = len(order) // 2
+        span = sum(candidates) * rounds
+        start = max(0, middle - span // 2)
+        probe, rest = order[start:start + span], order[:start] + order[start + span:]
+        measured: dict[int, float] = {}
+        cursor = 0
+        for sequence in (candidates, candidates[::-1])[:rounds]:
+            for size in sequence:
+                batch = probe[cursor:cursor + size]
+                cursor += size
+                started = time.perf_counter()
+                yield batch
+                seconds = max(time.perf_counter() - started, 1e-9)
+                rate = sum(sizes[i] for i in batch) / seconds
+                measured[size] = max(measured.get(size, 0.0), rate)
+        self.batch_size = max(measured, key=measured.__getitem__)
+        self.batch_choice = {
+            "requested": "auto", "chosen": self.batch_size, "method": "cpu: measured tokens/s per candidate (best of rounds)",
+            "tokens_per_second": {str(k): round(v, 1) for k, v in measured.items()},
+        }
+        return rest
+
+    def _cuda_batch_size(self, longest: Any) -> int:
+        """The largest batch (halving from 256) of copies of the window's longest input that
+        runs without running out of memory; the probe's outputs are thrown away."""
+        from accelerate.utils import find_executable_batch_size
+
+        tried: list[int] = []
+
+        @find_executable_batch_size(starting_batch_size=256)
+        def attempt(batch_size: int) -> int:
+            tried.append(batch_size)
+            self.pipe([longest] * batch_size, batch_size=batch_size, **self.call_params)
+            return batch_size
+
+        chosen = attempt()
+        self.batch_choice = {"requested": "auto", "chosen": chosen, "method": "cuda: accelerate find_executable_batch_size", "tried": tried}
+        return chosen
 
     def _key_prefix(self) -> str:
         return "" if self.name == "model" else f"stages.{self.name}."
@@ -194,17 +352,47 @@ class PipelineStage(Stage):
     def _predict(self, inputs: list[Any]) -> list[Any]:
         """Outputs for these inputs, each equal to the pipeline's single-input result (JSON-clean)."""
         started = time.perf_counter()
-        if len(inputs) == 1:
+        if len(inputs) == 1 or self._padding_changes_outputs():
             # A one-item list comes back unwrapped from some pipelines (fill-mask); a single
             # call is unambiguous and is exactly the reference result.
-            outputs = [self.pipe(inputs[0], **self.call_params)]
+            outputs = [self.pipe(model_input, **self.call_params) for model_input in inputs]
         else:
-            outputs = self.pipe(inputs, batch_size=self.batch_size, **self.call_params)
+            outputs = self.pipe(inputs, batch_size=self.batch_size or len(inputs), **self.call_params)
             if len(outputs) != len(inputs):
                 raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(inputs)} inputs")
             outputs = [self._as_single_call(i, o) for i, o in zip(inputs, outputs)]
         self.batch_seconds.append(time.perf_counter() - started)
         return [to_jsonable(output) for output in outputs]
+
+    def _padding_changes_outputs(self) -> bool:
+        """Whether a record's output would depend on its batch-mates' lengths: audio feature
+        extractors that pad without an attention mask (wav2vec2-base and its fine-tunes, e.g.
+        facebook/wav2vec2-base-960h) let the model see the zeros, so such models get one record
+        per call. Whisper's extractor pads every input to its fixed window (n_samples) anyway."""
+        extractor = getattr(self.pipe, "feature_extractor", None)
+        return (
+            extractor is not None
+            and getattr(extractor, "return_attention_mask", True) is False
+            and getattr(extractor, "n_samples", None) is None
+        )
+
+    def feature_sampling_rate(self) -> int | None:
+        """The audio rate the model's feature extractor expects (audio stages resample to it).
+
+        Read from the loaded pipeline's processor, or, while a result cache has kept the model
+        unloaded, from the model folder's preprocessor config alone (no weights load).
+        """
+        extractor = getattr(self.pipe, "feature_extractor", None)
+        if extractor is None and self.pipe is None:
+            from transformers import AutoFeatureExtractor
+
+            from composer.runtime import resolve_model
+
+            if self.resolved is None:
+                self.resolved = resolve_model(self.model_config["id"], self.model_config["revision"], self.task, self.model_config.get("fallback"))
+            revision = {"revision": self.resolved.revision} if self.resolved.source == "hub" else {}
+            extractor = AutoFeatureExtractor.from_pretrained(self.resolved.load_from, **revision)
+        return getattr(extractor, "sampling_rate", None)
 
     def describe(self) -> dict[str, Any]:
         from composer.runtime import quantization_json
@@ -218,6 +406,11 @@ class PipelineStage(Stage):
             "load_seconds": self.load_seconds,
             "loaded": self.load_seconds is not None,
             "reused": self.reused,  # taken from an earlier run in this process (composer.modelpool)
+            "batching": {
+                "batch_size": self.batch_size, "requested_batch_size": self.requested_batch_size,
+                "sort_by_length": self.sorts_by_length, "max_batch_tokens": self.max_batch_tokens,
+                **({"auto": self.batch_choice} if self.batch_choice else {}),
+            },
         }
         if self.cache is not None:
             facts["cache"] = {"path": str(self.cache.path), "hits": self.cache_hits, "misses": self.cache_misses}

@@ -18,6 +18,8 @@ class Template(Stage):
     upstream stage writes each of them.
     """
 
+    prefetchable = True  # cheap and thread-safe: runs in the prefetch thread, ahead of the model
+
     def __init__(self, name: str, *, template: str, output_field: str = "prompt"):
         super().__init__(name, {"template": template, "output_field": output_field})
         placeholders = _placeholders(template)
@@ -51,6 +53,8 @@ def _placeholders(template: str) -> list[str]:
 
 class Normalize(Stage):
     """Clean a text field: Unicode normalisation, whitespace, case."""
+
+    prefetchable = True  # cheap and thread-safe: runs in the prefetch thread, ahead of the model
 
     def __init__(
         self,
