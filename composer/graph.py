@@ -243,6 +243,8 @@ def plan(config: dict, run_dir: str | None = None) -> Graph:
                 issues.append(ConfigIssue(f"{path}.inputs", f"name the stages it reads from, e.g. inputs: [{SOURCE}]"))
             nodes.append(node)
     issues += _check_edges(nodes, failed)
+    by_name = {node.stage.name: node.stage for node in nodes}
+    issues += [ConfigIssue(f"{node.path}.{i.path}", i.message) for node in nodes for i in node.stage.bind(by_name)]
     if issues:
         raise ConfigError(issues)
     ordered = _topological(nodes)

@@ -42,6 +42,8 @@ def to_jsonable(value: Any) -> Any:
         return to_jsonable(dataclasses.asdict(value))
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
+    if hasattr(value, "__json__"):  # values that summarise themselves (decoded audio: no million floats)
+        return to_jsonable(value.__json__())
     if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
         return to_jsonable(value.tolist())
     if hasattr(value, "item"):

@@ -15,6 +15,8 @@ STAGE_TYPES: dict[str, str] = {
     # text transforms
     "template": "composer.stages.text:Template",
     "normalize": "composer.stages.text:Normalize",
+    # audio transforms
+    "load_audio": "composer.stages.audio:LoadAudio",
     # the model
     "model": "composer.stages.model:PipelineStage",
     # post transforms

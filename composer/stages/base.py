@@ -34,6 +34,15 @@ class Stage:
         """The record fields present after this stage, given those present before it."""
         return available | set(self.writes)
 
+    def bind(self, stages: dict[str, Stage]) -> list[Any]:
+        """Connect to other stages of the planned graph (by name); return ConfigIssues whose paths
+        are relative to this stage's config (the graph prefixes where the stage is configured).
+
+        Called once at planning, after every stage is built, for a stage whose work depends on
+        another's setting (audio loading resamples to the rate of the model's feature extractor).
+        """
+        return []
+
     def setup(self) -> None:
         """Load whatever the stage needs (models, files). Called once, after planning."""
 
@@ -78,3 +87,12 @@ def require_field(record: Record, field: str, stage: str) -> Any:
         present = ", ".join(sorted(record)) or "none"
         raise KeyError(f"record {record.get('id')!r} has no field {field!r} (fields: {present}); stage {stage!r} reads it")
     return record[field]
+
+
+def reworded(error: Exception, message: str) -> Exception:
+    """`error`'s type with a message naming the record (ValueError where the type needs more), so
+    errors.jsonl keeps the cause's kind (FileNotFoundError, ValueError) with a useful message."""
+    try:
+        return type(error)(message)
+    except TypeError:
+        return ValueError(message)

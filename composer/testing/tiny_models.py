@@ -94,7 +94,7 @@ class TinyModelSpec:
 
     name: str
     task: str
-    family: str  # "bert" (WordPiece tokenizer) or "gpt2" (byte-level BPE)
+    family: str  # "bert" (WordPiece tokenizer), "gpt2" (byte-level BPE), or a tiny_audio BUILDERS key
     architecture: str
     labels: tuple[str, ...] = ()
     quant_skip_modules: tuple[str, ...] = ()
@@ -190,6 +190,30 @@ TINY_MODELS: dict[str, TinyModelSpec] = {
             intermediate_size=128,
             seed=7,
             description="Like text-classification, sized for bitsandbytes 4/8-bit.",
+        ),
+        TinyModelSpec(
+            name="automatic-speech-recognition",
+            task="automatic-speech-recognition",
+            family="wav2vec2-ctc",
+            architecture="Wav2Vec2ForCTC",
+            seed=12,
+            description="wav2vec2 CTC over capital letters, 16 kHz, '|' between words.",
+        ),
+        TinyModelSpec(
+            name="automatic-speech-recognition-whisper",
+            task="automatic-speech-recognition",
+            family="whisper",
+            architecture="WhisperForConditionalGeneration",
+            seed=13,
+            description="English-only Whisper, 16 kHz log-mel, timestamp tokens; stops after 24 tokens.",
+        ),
+        TinyModelSpec(
+            name="audio-classification",
+            task="audio-classification",
+            family="wav2vec2-classifier",
+            architecture="Wav2Vec2ForSequenceClassification",
+            seed=14,
+            description="wav2vec2 classifier with speech/music/noise labels, 16 kHz.",
         ),
     )
 }
@@ -331,8 +355,10 @@ def build_tiny_model(name: str, dest: str | os.PathLike[str]) -> Path:
         elif spec.family == "gpt2":
             tokenizer = _gpt2_tokenizer()
             model = _gpt2_model(spec, tokenizer)
-        else:  # pragma: no cover - guarded by TINY_MODELS
-            raise ValueError(f"unknown family {spec.family!r}")
+        else:
+            from composer.testing.tiny_audio import BUILDERS
+
+            model, (tokenizer,) = BUILDERS[spec.family](spec)  # processor or feature extractor
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
     finally:
@@ -547,6 +573,7 @@ def _self_check(names: list[str]) -> int:
         "fill-mask": ["The capital of France is [MASK].", "I [MASK] this product."],
         "feature-extraction": ["Hello world.", "A slightly longer sentence about the weather in Oslo."],
         "text-generation": ["Once upon a time", "The weather today is"],
+        **_audio_inputs(),
     }
     with tempfile.TemporaryDirectory() as scratch:
         for name in names:
@@ -576,6 +603,14 @@ def _self_check(names: list[str]) -> int:
                 f" deterministic={same} -> {shown}"
             )
     return failures
+
+
+def _audio_inputs() -> dict[str, list[Any]]:
+    """One second of seeded noise at 16 kHz (every tiny audio model's rate) for each audio task."""
+    import numpy as np
+
+    noise = (np.random.default_rng(0).standard_normal(16_000) * 0.1).astype("float32")
+    return {"automatic-speech-recognition": [noise], "audio-classification": [noise]}
 
 
 def main(argv: list[str] | None = None) -> int:
