@@ -65,6 +65,10 @@ class LoadAudio(Stage):
     with a 16 kHz wav2vec2 and with any other rate a model was trained at.
     """
 
+    # Thread-safe (soundfile and soxr hold no shared state): decoding runs in the prefetch thread,
+    # overlapping the model's forward passes; the model stage is set up before any window is read.
+    prefetchable = True
+
     def __init__(
         self,
         name: str,
