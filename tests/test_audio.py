@@ -223,6 +223,18 @@ def test_raw_arrays_at_any_rate(tmp_path: Path) -> None:
     assert_close(outputs["bare"]["prediction"], to_jsonable(plain(np.asarray(at_16k, dtype=np.float32))))
 
 
+def test_gold_transcripts_give_wer_and_cer(clips: Path, tmp_path: Path) -> None:
+    from composer.metrics import error_rates
+
+    gold = {"good/a_stereo_44k.wav": "HELLO WORLD", "good/b_tone.flac": "GOOD MORNING"}
+    records = _hydra([{"id": name, "audio": str(clips / name), "transcript": text} for name, text in gold.items()])
+    result = _run(tmp_path, "experiment=asr", CTC, f"input.records={records}", "input.id_field=id", "input.label_field=transcript")
+    texts = [o["prediction"]["text"] for o in result.outputs()]
+    quality = result.metrics()["quality"]["model"]
+    assert quality["n"] == 2 and quality["wer"] == error_rates(texts, list(gold.values()))["wer"] > 0
+    assert quality["cer"] == error_rates(texts, list(gold.values()))["cer"]
+
+
 def test_bad_audio_files_fail_one_record_each(clips: Path, tmp_path: Path) -> None:
     names = ["good/b_tone.flac", "corrupt.wav", "empty.wav", "unsupported.txt", "missing.wav", "phone_8k.wav"]
     records = _hydra([{"id": name, "audio": str(clips / name)} for name in names])
