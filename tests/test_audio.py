@@ -223,6 +223,19 @@ def test_raw_arrays_at_any_rate(tmp_path: Path) -> None:
     assert_close(outputs["bare"]["prediction"], to_jsonable(plain(np.asarray(at_16k, dtype=np.float32))))
 
 
+def test_result_cache_serves_audio_without_loading_the_model(clips: Path, tmp_path: Path) -> None:
+    """Cache keys hold the decoded samples' hash; a run of hits reads the rate from the processor
+    config alone and never loads the model."""
+    path = clips / "good" / "a_stereo_44k.wav"
+    overrides = ["experiment=asr", CTC, f"input.records=[{path}]", "cache=on", f"cache.path={tmp_path / 'cache.sqlite'}", *COMMON]
+    first = api.run(overrides, run_dir=tmp_path / "first")
+    second = api.run(overrides, run_dir=tmp_path / "second")
+    assert second.outputs() == first.outputs()
+    model = second.manifest()["stages"]["model"]
+    assert model["cache"]["hits"] == 1 and model["loaded"] is False
+    assert second.outputs()[0]["audio"]["samples"] == 24_000  # resampled to 16 kHz without the model loaded
+
+
 def test_gold_transcripts_give_wer_and_cer(clips: Path, tmp_path: Path) -> None:
     from composer.metrics import error_rates
 

@@ -99,6 +99,7 @@ class LoadAudio(Stage):
         self.timeout, self.max_bytes = timeout, max_bytes
         self.reads, self.writes = (field,), (output_field,)
         self._rate_stage: Any = None
+        self._model_rate: int | None = None  # read once: without a loaded pipeline it means a file read
 
     def bind(self, stages: dict[str, Stage]) -> list[Any]:
         """Find the model stage whose feature extractor sets the target rate (when not given)."""
@@ -121,12 +122,14 @@ class LoadAudio(Stage):
         """The rate every record is resampled to: configured, or the model's feature extractor's."""
         if self.sampling_rate is not None:
             return self.sampling_rate
-        if self._rate_stage is None:
-            raise RuntimeError(f"stage {self.name!r}: set sampling_rate, or run it in a graph with a model stage")
-        rate = self._rate_stage.feature_sampling_rate()
-        if not rate:
-            raise ValueError(f"model stage {self.rate_from!r} has no feature extractor with a sampling_rate; set {self.name}.sampling_rate")
-        return int(rate)
+        if self._model_rate is None:
+            if self._rate_stage is None:
+                raise RuntimeError(f"stage {self.name!r}: set sampling_rate, or run it in a graph with a model stage")
+            rate = self._rate_stage.feature_sampling_rate()
+            if not rate:
+                raise ValueError(f"model stage {self.rate_from!r} has no feature extractor with a sampling_rate; set {self.name}.sampling_rate")
+            self._model_rate = int(rate)
+        return self._model_rate
 
     def process(self, records: list[Record]) -> list[Record]:
         # Load every record before writing any: a failed batch is retried record by record, and
@@ -141,11 +144,11 @@ class LoadAudio(Stage):
         value = require_field(record, self.field, self.name)
         try:
             samples, source_rate = self._decode(value, rate)
+            if samples.size == 0:
+                raise ValueError("the audio has no samples")
+            audio = AudioArray.of(resample(samples, source_rate, rate), rate)
         except (OSError, RuntimeError, ValueError, TypeError) as error:
             raise reworded(error, f"record {record['id']!r}: cannot read audio from field {self.field!r}: {error}") from None
-        if samples.size == 0:
-            raise ValueError(f"record {record['id']!r}: audio in field {self.field!r} has no samples")
-        audio = AudioArray.of(resample(samples, source_rate, rate), rate)
         if audio.size < self.min_seconds * rate:
             raise ValueError(f"record {record['id']!r}: audio lasts {audio.size / rate:.3f} s, less than min_seconds={self.min_seconds}")
         return audio
@@ -208,7 +211,7 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndar
     if source_rate == target_rate:
         return samples
     if source_rate < 1:
-        raise ValueError(f"invalid sampling rate {source_rate}")
+        raise ValueError(f"invalid sampling rate {source_rate} (sampling_rate must be >= 1)")
     import soxr
 
     return soxr.resample(samples, source_rate, target_rate)
