@@ -210,17 +210,25 @@ def test_audio_classification(clips: Path, tmp_path: Path) -> None:
 
 
 def test_raw_arrays_at_any_rate(tmp_path: Path) -> None:
-    """Inline samples: {array, sampling_rate} is resampled; a bare list is taken at the model's rate."""
-    at_8k = _noise(0.5, 8_000).round(4).tolist()
-    at_16k = _noise(0.5, RATE, seed=1).round(4).tolist()
-    records = _hydra([{"id": "rated", "audio": {"array": at_8k, "sampling_rate": 8_000}}, {"id": "bare", "audio": at_16k}])
+    """Inline samples: {array, sampling_rate} is resampled (channels-first arrays mixed down); a
+    bare list is taken at the model's rate."""
+    at_8k = _noise(0.1, 8_000).round(4).tolist()  # short: Hydra parses every number
+    at_16k = _noise(0.1, RATE, seed=1).round(4).tolist()
+    stereo = _noise(0.05, RATE, channels=2, seed=2).T.round(4).tolist()  # [left, right]
+    records = _hydra([
+        {"id": "rated", "audio": {"array": at_8k, "sampling_rate": 8_000}},
+        {"id": "bare", "audio": at_16k},
+        {"id": "stereo", "audio": {"array": stereo, "sampling_rate": RATE}},
+    ])
     result = _run(tmp_path, "experiment=asr", CTC, f"input.records={records}", "input.id_field=id")
     outputs = {o["id"]: o for o in result.outputs()}
-    assert outputs["rated"]["audio"]["samples"] == 8_000 and outputs["bare"]["audio"]["samples"] == 8_000
+    assert outputs["rated"]["audio"]["samples"] == 1_600 and outputs["bare"]["audio"]["samples"] == 1_600
     plain = _plain("automatic-speech-recognition", "automatic-speech-recognition")
     resampled = soxr.resample(np.asarray(at_8k, dtype=np.float32), 8_000, RATE)
     assert_close(outputs["rated"]["prediction"], to_jsonable(plain(resampled)))
     assert_close(outputs["bare"]["prediction"], to_jsonable(plain(np.asarray(at_16k, dtype=np.float32))))
+    assert outputs["stereo"]["audio"]["samples"] == 800
+    assert_close(outputs["stereo"]["prediction"], to_jsonable(plain(np.asarray(stereo, dtype=np.float32).mean(axis=0))))
 
 
 def test_result_cache_serves_audio_without_loading_the_model(clips: Path, tmp_path: Path) -> None:
