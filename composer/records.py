@@ -48,7 +48,16 @@ def to_jsonable(value: Any) -> Any:
         return to_jsonable(value.tolist())
     if hasattr(value, "item"):
         return to_jsonable(value.item())
+    if type(value).__module__.startswith("PIL.") and hasattr(value, "tobytes"):
+        return image_summary(value)
     return str(value)
+
+
+def image_summary(image: Any) -> dict[str, Any]:
+    """A PIL image as JSON: mode, size and a hash of its pixels. Its repr would carry a memory
+    address, which would make content ids and cache keys differ between identical images."""
+    pixels = hashlib.sha256(image.tobytes()).hexdigest()[:16]
+    return {"mode": image.mode, "width": image.width, "height": image.height, "sha256": pixels}
 
 
 def canonical_json(value: Any) -> str:

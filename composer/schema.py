@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
-InputType = Literal["inline", "jsonl", "csv", "parquet", "dataset"]
+InputType = Literal["inline", "jsonl", "csv", "parquet", "dataset", "folder"]
 QuantBackend = Literal["none", "bitsandbytes", "torchao"]
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 _DEVICE_PATTERN = re.compile(r"^(cpu|mps|meta|(cuda|xpu|npu|hpu)(:\d+)?)$")
@@ -71,6 +71,9 @@ class InputConfig:
     split: str = "train"  # dataset
     data_files: Any = None  # dataset
     streaming: bool = True  # dataset: iterate without loading the whole set
+    decode: bool = True  # dataset: false leaves image/audio columns undecoded for a load stage (bad files fail per record)
+    extensions: list[str] | None = None  # folder: file extensions to read (null: every file)
+    recursive: bool = True  # folder: include subfolders
 
 
 @dataclass
@@ -270,6 +273,12 @@ def _check_input(inp: dict, path: str) -> list[ConfigIssue]:
             issues.append(ConfigIssue(join(path, "path"), f"input={kind} needs input.path"))
         elif not Path(data_path).expanduser().is_file():
             issues.append(ConfigIssue(join(path, "path"), f"file not found: {data_path}"))
+    if kind == "folder":
+        folder = inp.get("path")
+        if not folder:
+            issues.append(ConfigIssue(join(path, "path"), "input=folder needs input.path (a folder of files)"))
+        elif not Path(folder).expanduser().is_dir():
+            issues.append(ConfigIssue(join(path, "path"), f"folder not found: {folder}"))
     if kind == "dataset" and not inp.get("path"):
         issues.append(
             ConfigIssue(join(path, "path"), "input=dataset needs input.path (a loader like json/csv, a local folder or a hub name)")

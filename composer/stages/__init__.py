@@ -12,9 +12,13 @@ STAGE_TYPES: dict[str, str] = {
     "csv": "composer.stages.sources:CsvSource",
     "parquet": "composer.stages.sources:ParquetSource",
     "dataset": "composer.stages.sources:DatasetSource",
+    "folder": "composer.stages.sources:FolderSource",
     # text transforms
     "template": "composer.stages.text:Template",
     "normalize": "composer.stages.text:Normalize",
+    # image transforms
+    "load_image": "composer.stages.vision:LoadImage",
+    "image_chat": "composer.stages.vision:ImageChat",
     # audio transforms
     "load_audio": "composer.stages.audio:LoadAudio",
     # the model

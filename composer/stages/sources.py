@@ -206,10 +206,14 @@ class DatasetSource(RowSource):
         split: str = "train",
         data_files: Any = None,
         streaming: bool = True,
+        decode: bool = True,
         **common: Any,
     ):
-        super().__init__(name, path=path, subset=subset, split=split, data_files=data_files, streaming=streaming, **common)
+        super().__init__(
+            name, path=path, subset=subset, split=split, data_files=data_files, streaming=streaming, decode=decode, **common
+        )
         self.path, self.subset, self.split, self.data_files, self.streaming = path, subset, split, data_files, streaming
+        self.decode = decode
         self._dataset: Any = None
 
     def setup(self) -> None:
@@ -218,6 +222,10 @@ class DatasetSource(RowSource):
         self._dataset = datasets.load_dataset(
             self.path, self.subset, split=self.split, data_files=self.data_files, streaming=self.streaming
         )
+        if not self.decode:
+            # datasets decodes image/audio columns while iterating, so one corrupt file would end
+            # the whole run; undecoded ({bytes, path}) they reach a load stage that fails per record.
+            self._dataset = _undecoded(self._dataset)
 
     def rows(self) -> Iterator[tuple[str, Any]]:
         for number, row in enumerate(self._dataset):
@@ -257,3 +265,64 @@ class DatasetSource(RowSource):
             matches = sorted(glob.glob(str(Path(candidate).expanduser())))
             expanded.extend(matches)
         return expanded
+
+
+def _undecoded(dataset: Any) -> Any:
+    """The dataset with its image/audio columns left as {bytes, path} instead of decoded."""
+    if hasattr(dataset, "decode"):  # IterableDataset (streaming)
+        return dataset.decode(False)
+    import dataclasses
+
+    for column, feature in dataset.features.items():
+        if dataclasses.is_dataclass(feature) and getattr(feature, "decode", False):
+            dataset = dataset.cast_column(column, dataclasses.replace(feature, decode=False))
+    return dataset
+
+
+class FolderSource(RowSource):
+    """The files of a local folder (recursive by default), one record each, in sorted path order.
+
+    A record holds the file's path under `field` for a load stage to read; its id is the path
+    relative to the folder (stable across machines, and it names the file in errors.jsonl), and
+    `folder` holds the parent folder's name, the imagefolder convention for a class label
+    (`input.label_field=folder`).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        path: str,
+        extensions: list[str] | tuple[str, ...] | None = None,
+        recursive: bool = True,
+        field: str = "path",
+        id_field: str | None = None,
+        **common: Any,
+    ):
+        extensions = [e.lower().lstrip(".") for e in extensions] if extensions else None
+        super().__init__(
+            name, path=path, extensions=extensions, recursive=recursive, field=field, id_field=id_field or "relative_path", **common
+        )
+        self.root = Path(path).expanduser()
+        self.extensions, self.recursive = extensions, recursive
+
+    def files(self) -> list[Path]:
+        pattern = self.root.rglob("*") if self.recursive else self.root.glob("*")
+        return sorted(
+            (p for p in pattern if p.is_file() and (self.extensions is None or p.suffix.lower().lstrip(".") in self.extensions)),
+            key=lambda p: p.relative_to(self.root).as_posix(),
+        )
+
+    def rows(self) -> Iterator[tuple[str, Any]]:
+        for file in self.files():
+            relative = file.relative_to(self.root).as_posix()
+            yield relative, {"relative_path": relative, self.field: str(file), "folder": file.parent.name}
+
+    def total(self) -> int | None:
+        count = len(self.files())
+        return min(count, self.limit) if self.limit else count
+
+    def data_fingerprint(self) -> dict[str, Any]:
+        files = self.files()
+        digest = sha256_bytes("".join(f"{p.relative_to(self.root).as_posix()}\0{sha256_file(p)[0]}\n" for p in files).encode())
+        return {"kind": "folder", "path": str(self.root.resolve()), "extensions": self.extensions, "files": len(files), "sha256": digest}

@@ -94,7 +94,7 @@ class TinyModelSpec:
 
     name: str
     task: str
-    family: str  # "bert" (WordPiece tokenizer), "gpt2" (byte-level BPE), or a tiny_audio BUILDERS key
+    family: str  # "bert" (WordPiece tokenizer), "gpt2" (byte-level BPE), or a tiny_vision/tiny_audio BUILDERS key
     architecture: str
     labels: tuple[str, ...] = ()
     quant_skip_modules: tuple[str, ...] = ()
@@ -190,6 +190,38 @@ TINY_MODELS: dict[str, TinyModelSpec] = {
             intermediate_size=128,
             seed=7,
             description="Like text-classification, sized for bitsandbytes 4/8-bit.",
+        ),
+        TinyModelSpec(
+            name="image-classification",
+            task="image-classification",
+            family="vit",
+            architecture="ViTForImageClassification",
+            seed=8,
+            description="ViT on 32x32 images with cat/dog/bird labels.",
+        ),
+        TinyModelSpec(
+            name="object-detection",
+            task="object-detection",
+            family="detr",
+            architecture="DetrForObjectDetection",
+            seed=9,
+            description="DETR with a native ResNet backbone (no timm), 5 queries, cat/dog/bird labels.",
+        ),
+        TinyModelSpec(
+            name="document-question-answering",
+            task="document-question-answering",
+            family="layoutlm",
+            architecture="LayoutLMForQuestionAnswering",
+            seed=10,
+            description="LayoutLM (v1) extractive QA over OCR words and boxes.",
+        ),
+        TinyModelSpec(
+            name="image-text-to-text",
+            task="image-text-to-text",
+            family="llava",
+            architecture="LlavaForConditionalGeneration",
+            seed=11,
+            description="LLaVA (CLIP vision + Llama text); prompts put <image> where the image goes.",
         ),
         TinyModelSpec(
             name="automatic-speech-recognition",
@@ -356,9 +388,11 @@ def build_tiny_model(name: str, dest: str | os.PathLike[str]) -> Path:
             tokenizer = _gpt2_tokenizer()
             model = _gpt2_model(spec, tokenizer)
         else:
-            from composer.testing.tiny_audio import BUILDERS
+            from composer.testing.tiny_audio import BUILDERS as AUDIO_BUILDERS
+            from composer.testing.tiny_vision import BUILDERS
 
-            model, (tokenizer,) = BUILDERS[spec.family](spec)  # processor or feature extractor
+            # tokenizer, (image) processor or feature extractor
+            model, (tokenizer,) = {**BUILDERS, **AUDIO_BUILDERS}[spec.family](spec)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
     finally:
@@ -573,6 +607,7 @@ def _self_check(names: list[str]) -> int:
         "fill-mask": ["The capital of France is [MASK].", "I [MASK] this product."],
         "feature-extraction": ["Hello world.", "A slightly longer sentence about the weather in Oslo."],
         "text-generation": ["Once upon a time", "The weather today is"],
+        **_vision_inputs(),
         **_audio_inputs(),
     }
     with tempfile.TemporaryDirectory() as scratch:
@@ -586,7 +621,7 @@ def _self_check(names: list[str]) -> int:
             kwargs: dict[str, Any] = {}
             if spec.task == "zero-shot-classification":
                 kwargs = {"candidate_labels": ["urgent", "not urgent"]}
-            elif spec.task == "text-generation":
+            elif spec.task in ("text-generation", "image-text-to-text"):
                 kwargs = {"max_new_tokens": 5, "do_sample": False}
             try:
                 pipe = pipeline(spec.task, model=str(a))
@@ -603,6 +638,22 @@ def _self_check(names: list[str]) -> int:
                 f" deterministic={same} -> {shown}"
             )
     return failures
+
+
+def _vision_inputs() -> dict[str, list[Any]]:
+    """A noise image for each image task's self-check (document QA gets word boxes, no OCR)."""
+    import numpy as np
+    from PIL import Image
+
+    image = Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype("uint8"))
+    words = [("invoice", [10, 10, 200, 60]), ("number", [210, 10, 400, 60]), ("12345", [410, 10, 600, 60])]
+    return {
+        "image-classification": [image],
+        "object-detection": [image],
+        "document-question-answering": [{"image": image, "question": "What is the invoice number?", "word_boxes": words}],
+        # one chat: the pipeline batches chats only (a list of {images, text} reads as one chat)
+        "image-text-to-text": [[{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is shown?"}]}]],
+    }
 
 
 def _audio_inputs() -> dict[str, list[Any]]:

@@ -1,0 +1,115 @@
+"""Builders of the tiny image and document models (see tiny_models.py for why tiny models exist).
+
+Each returns the model and the objects saved beside it (image processor, tokenizer, processor).
+Image processors are the PIL-backed classes: the default ones need torchvision, which does not
+load beside the CPU torch this project uses, and transformers would fall back to these anyway.
+Architectures avoid timm for the same reason: DETR gets transformers' own ResNet backbone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_IMAGE_SIZE = 32
+_IMAGE_LABELS = ("cat", "dog", "bird")
+_IMAGE_TOKEN = "<image>"
+# A minimal chat template (role: content lines, images as <image>), enough for the
+# image-text-to-text pipeline's chat input and for plain "<image> question" prompts.
+_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def _labels(names: tuple[str, ...]) -> dict[str, Any]:
+    return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
+
+
+def vit(spec: Any) -> tuple[Any, list[Any]]:
+    """ViT image classifier on 32x32 images (the family of google/vit-base-patch16-224)."""
+    import transformers
+
+    from composer.testing.tiny_models import _seeded_init
+
+    config = transformers.ViTConfig(
+        image_size=_IMAGE_SIZE, patch_size=8, hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads, intermediate_size=spec.intermediate_size, **_labels(_IMAGE_LABELS),
+    )
+    processor = transformers.ViTImageProcessorPil(size={"height": _IMAGE_SIZE, "width": _IMAGE_SIZE})
+    return _seeded_init(spec, getattr(transformers, spec.architecture), config), [processor]
+
+
+def detr(spec: Any) -> tuple[Any, list[Any]]:
+    """DETR object detector with a two-stage native ResNet backbone (no timm)."""
+    import transformers
+
+    from composer.testing.tiny_models import _seeded_init
+
+    backbone = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"])
+    config = transformers.DetrConfig(
+        backbone_config=backbone, num_queries=5, d_model=spec.hidden_size, encoder_layers=1, decoder_layers=1,
+        encoder_ffn_dim=spec.intermediate_size, decoder_ffn_dim=spec.intermediate_size,
+        encoder_attention_heads=spec.num_heads, decoder_attention_heads=spec.num_heads, **_labels(_IMAGE_LABELS),
+    )
+    processor = transformers.DetrImageProcessorPil(size={"shortest_edge": _IMAGE_SIZE, "longest_edge": 2 * _IMAGE_SIZE})
+    return _seeded_init(spec, getattr(transformers, spec.architecture), config), [processor]
+
+
+def layoutlm(spec: Any) -> tuple[Any, list[Any]]:
+    """LayoutLM (v1) extractive document QA, the family of impira/layoutlm-document-qa.
+
+    v1 reads words and boxes only (no pixels), so it needs no image processor: the pipeline
+    gets words from Tesseract OCR or from the record's word boxes.
+    """
+    import transformers
+
+    from composer.testing.tiny_models import _MAX_POSITIONS, _bert_tokenizer, _seeded_init
+
+    tokenizer = _bert_tokenizer()
+    config = transformers.LayoutLMConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads, intermediate_size=spec.intermediate_size,
+        max_position_embeddings=_MAX_POSITIONS, pad_token_id=tokenizer.pad_token_id,
+    )
+    return _seeded_init(spec, getattr(transformers, spec.architecture), config), [tokenizer]
+
+
+def llava(spec: Any) -> tuple[Any, list[Any]]:
+    """LLaVA (CLIP vision tower + Llama decoder) for image-text-to-text, GPT-2 style tokenizer."""
+    import transformers
+
+    from composer.testing.tiny_models import _MAX_POSITIONS, _gpt2_tokenizer, _seeded_init
+
+    tokenizer = _gpt2_tokenizer()
+    tokenizer.add_tokens([_IMAGE_TOKEN], special_tokens=True)
+    tokenizer.chat_template = _CHAT_TEMPLATE
+    eos = tokenizer.eos_token_id
+    vision = transformers.CLIPVisionConfig(
+        hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads, image_size=_IMAGE_SIZE, patch_size=8, projection_dim=spec.hidden_size,
+    )
+    text = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
+        max_position_embeddings=_MAX_POSITIONS, pad_token_id=eos, bos_token_id=eos, eos_token_id=eos,
+    )
+    config = transformers.LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(_IMAGE_TOKEN),
+        vision_feature_layer=-1, vision_feature_select_strategy="default", image_seq_length=(_IMAGE_SIZE // 8) ** 2,
+    )
+    model = _seeded_init(spec, getattr(transformers, spec.architecture), config)
+    model.generation_config = transformers.GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    image_processor = transformers.CLIPImageProcessorPil(
+        size={"shortest_edge": _IMAGE_SIZE}, crop_size={"height": _IMAGE_SIZE, "width": _IMAGE_SIZE}
+    )
+    processor = transformers.LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
+        chat_template=_CHAT_TEMPLATE, image_token=_IMAGE_TOKEN, num_additional_image_tokens=1,
+    )
+    return model, [processor]
+
+
+BUILDERS = {"vit": vit, "detr": detr, "layoutlm": layoutlm, "llava": llava}
