@@ -127,6 +127,23 @@ def test_image_dataset_column_is_streamed_with_a_limit(tmp_path, photo_folder, c
     assert result.config()["input"]["streaming"] is True and result.config()["input"]["decode"] is False
 
 
+def test_result_cache_keys_images_by_their_pixels(tmp_path, photo_folder):
+    """A loaded image's cache key is its pixel hash (its repr would hold a memory address)."""
+    folder = tmp_path / "photos"
+    shutil.copytree(photo_folder, folder)
+    base = ["experiment=image-classification", "model=tiny-image-classification", "input=image_folder",
+            f"input.path={folder}", "cache=on", f"cache.path={tmp_path / 'cache.sqlite'}"]
+    first = run(tmp_path, "first", *base)
+    second = run(tmp_path, "second", *base, "batch_size=1")
+    assert second.outputs() == first.outputs()
+    assert second.manifest()["stages"]["model"]["cache"]["hits"] == 3
+    changed = Image.open(folder / "dogs" / "three.png")
+    changed.putpixel((0, 0), (0, 0, 0) if changed.getpixel((0, 0)) != (0, 0, 0) else (255, 255, 255))
+    changed.save(folder / "dogs" / "three.png")
+    third = run(tmp_path, "third", *base)
+    assert third.manifest()["stages"]["model"]["cache"] == {"path": str(tmp_path / "cache.sqlite"), "hits": 2, "misses": 1}
+
+
 # --- bad images --------------------------------------------------------------------------------------------------
 
 

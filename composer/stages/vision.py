@@ -31,6 +31,10 @@ class LoadImage(Stage):
     the channel axis from the array's shape and misread an image 1 or 3 pixels high.
     """
 
+    # Thread-safe (each call opens its own file, URL connection and PIL image): decoding and
+    # fetching run in the prefetch thread, overlapping the model's forward passes.
+    prefetchable = True
+
     def __init__(
         self,
         name: str,
@@ -144,6 +148,8 @@ class ImageChat(Stage):
     as one malformed chat), so each record gets its own chat: `[{role: user, content: [image,
     text]}]`. `prompt` is a template over record fields, like the template stage.
     """
+
+    prefetchable = True  # cheap and thread-safe: runs in the prefetch thread, ahead of the model
 
     def __init__(self, name: str, *, prompt: str, image_field: str = "image", output_field: str = "messages"):
         from composer.stages.text import Template
