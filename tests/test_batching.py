@@ -118,3 +118,38 @@ def test_batching_settings_are_checked_at_plan_time(overrides, expected):
     with pytest.raises(ConfigError) as caught:
         api.plan(["experiment=tiny-sentiment", *overrides])
     assert any(str(issue).startswith(expected) for issue in caught.value.issues), caught.value.issues
+
+
+def test_a_stop_inside_a_sorted_window_writes_an_input_order_prefix_and_resume_completes_it(tmp_path, monkeypatch):
+    reference, _ = _run_texts(tmp_path, "reference", "text-classification", "batch_size=4", "sort_window=0")
+
+    class StopOnFifthCheck:
+        """Stands in for Ctrl-C: the stop request shows up at the fifth check between batches."""
+
+        checks = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        @property
+        def requested(self):
+            type(self).checks += 1
+            return type(self).checks >= 5
+
+    monkeypatch.setattr(api, "_StopRequests", StopOnFifthCheck)
+    data = tmp_path / "input.jsonl"
+    overrides = ["experiment=tiny-sentiment", "input=jsonl", f"input.path={data}", "input.id_field=n", "threads=1",
+                 "progress=false", "batch_size=4", "sort_window=12"]
+    stopped = api.run(overrides, run_dir=tmp_path / "stopped")
+    assert stopped.status == "interrupted"
+    # Window 1 (12 records) was written whole; window 2 stopped after two of its three batches,
+    # longest first, so only the records before the first undone one could be written.
+    written = [o["id"] for o in stopped.outputs()]
+    assert 12 <= len(written) < 24 and written == [str(i) for i in range(len(written))]
+    monkeypatch.undo()
+    resumed = api.resume(tmp_path / "stopped")
+    assert resumed.status == "complete"
+    _assert_same(reference, resumed.outputs(), "resumed")
