@@ -202,10 +202,10 @@ TINY_MODELS: dict[str, TinyModelSpec] = {
         TinyModelSpec(
             name="object-detection",
             task="object-detection",
-            family="detr",
-            architecture="DetrForObjectDetection",
+            family="yolos",
+            architecture="YolosForObjectDetection",
             seed=9,
-            description="DETR with a native ResNet backbone (no timm), 5 queries, cat/dog/bird labels.",
+            description="YOLOS (ViT with 5 detection tokens, no timm), cat/dog/bird labels.",
         ),
         TinyModelSpec(
             name="document-question-answering",

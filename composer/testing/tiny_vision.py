@@ -3,7 +3,7 @@
 Each returns the model and the objects saved beside it (image processor, tokenizer, processor).
 Image processors are the PIL-backed classes: the default ones need torchvision, which does not
 load beside the CPU torch this project uses, and transformers would fall back to these anyway.
-Architectures avoid timm for the same reason: DETR gets transformers' own ResNet backbone.
+Architectures avoid timm for the same reason (object detection is YOLOS, not DETR).
 """
 
 from __future__ import annotations
@@ -42,19 +42,19 @@ def vit(spec: Any) -> tuple[Any, list[Any]]:
     return _seeded_init(spec, getattr(transformers, spec.architecture), config), [processor]
 
 
-def detr(spec: Any) -> tuple[Any, list[Any]]:
-    """DETR object detector with a two-stage native ResNet backbone (no timm)."""
+def yolos(spec: Any) -> tuple[Any, list[Any]]:
+    """YOLOS object detector (a ViT with detection tokens, DETR's heads and post-processing), the
+    family of hustvl/yolos-tiny: pure transformers, where DETR's ResNet backbone needs timm."""
     import transformers
 
     from composer.testing.tiny_models import _seeded_init
 
-    backbone = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"])
-    config = transformers.DetrConfig(
-        backbone_config=backbone, num_queries=5, d_model=spec.hidden_size, encoder_layers=1, decoder_layers=1,
-        encoder_ffn_dim=spec.intermediate_size, decoder_ffn_dim=spec.intermediate_size,
-        encoder_attention_heads=spec.num_heads, decoder_attention_heads=spec.num_heads, **_labels(_IMAGE_LABELS),
+    config = transformers.YolosConfig(
+        image_size=[_IMAGE_SIZE, _IMAGE_SIZE], patch_size=8, hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads, intermediate_size=spec.intermediate_size, num_detection_tokens=5,
+        **_labels(_IMAGE_LABELS),
     )
-    processor = transformers.DetrImageProcessorPil(size={"shortest_edge": _IMAGE_SIZE, "longest_edge": 2 * _IMAGE_SIZE})
+    processor = transformers.YolosImageProcessorPil(size={"shortest_edge": _IMAGE_SIZE, "longest_edge": 2 * _IMAGE_SIZE})
     return _seeded_init(spec, getattr(transformers, spec.architecture), config), [processor]
 
 
@@ -112,4 +112,4 @@ def llava(spec: Any) -> tuple[Any, list[Any]]:
     return model, [processor]
 
 
-BUILDERS = {"vit": vit, "detr": detr, "layoutlm": layoutlm, "llava": llava}
+BUILDERS = {"vit": vit, "yolos": yolos, "layoutlm": layoutlm, "llava": llava}
