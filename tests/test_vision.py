@@ -125,6 +125,16 @@ def test_image_dataset_column_is_streamed_with_a_limit(tmp_path, photo_folder, c
         assert output["label"] == 0  # imagefolder's class index of `cats`
         assert_close(output["prediction"], to_jsonable(classifier(image, top_k=3)), where=relative)
     assert result.config()["input"]["streaming"] is True and result.config()["input"]["decode"] is False
+    # Undecoded (input.decode=false), a corrupt file in the imagefolder fails its record, not the run.
+    folder = tmp_path / "photos"
+    shutil.copytree(photo_folder, folder)
+    (folder / "notes.txt").unlink()
+    (folder / "dogs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    mixed = run(tmp_path, "mixed", "experiment=image-classification", "model=tiny-image-classification",
+                "input=image_dataset", f"input.path={folder}")
+    assert (mixed.status, len(mixed.outputs())) == ("completed_with_errors", 3)
+    [error] = mixed.errors()
+    assert error["stage"] == "load_image" and "broken.png" in error["message"] and "Truncated" in error["message"]
 
 
 def test_result_cache_keys_images_by_their_pixels(tmp_path, photo_folder):

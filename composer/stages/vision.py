@@ -85,9 +85,9 @@ class LoadImage(Stage):
             if image.mode != self.mode:
                 image = image.convert(self.mode)
         except Image.UnidentifiedImageError:
-            raise OSError(f"record {record['id']!r}: field {self.field!r} is not an image format PIL can read") from None
+            raise OSError(f"record {record['id']!r}: field {self.field!r}{self._named(value)} is not an image format PIL can read") from None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            raise reworded(error, f"record {record['id']!r}: cannot read image from field {self.field!r}: {error}") from None
+            raise reworded(error, f"record {record['id']!r}: cannot read image from field {self.field!r}{self._named(value)}: {error}") from None
         if self.crop:
             image = image.crop(tuple(self.crop))
         if self.max_side and max(image.size) > self.max_side:
@@ -100,6 +100,14 @@ class LoadImage(Stage):
                 f"min_side={self.min_side} (image processors misread such images)"
             )
         return image
+
+    def _named(self, value: Any) -> str:
+        """The file or URL an image came from, for messages (a record id may be a content hash)."""
+        if isinstance(value, dict) and value.get("path"):
+            return f" ({value['path']})"
+        if isinstance(value, str) and self.source != "base64" and not value.startswith("data:") and len(value) < 300:
+            return f" ({value})"
+        return ""
 
     def _bytes(self, value: Any) -> bytes:
         from composer.fetch import fetch_bytes, is_url
