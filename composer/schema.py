@@ -330,17 +330,11 @@ def validate(config: dict) -> list[ConfigIssue]:
         value = config.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value < 1:
             issues.append(ConfigIssue(key, f"{key} must be >= 1, got {value}"))
+    issues += _check_batching(config)
     issues += _check_metrics(config.get("metrics"), config.get("objective"))
     for key in ("pipeline", "call"):
         if "batch_size" in (config.get(key) or {}):
             issues.append(ConfigIssue(f"{key}.batch_size", "set the top-level batch_size instead"))
-    return issues
-
-    issues += _check_batching(config)
-
-_OBJECTIVE_ROOTS = ("throughput", "models", "quality")
-
-
     return issues
 
 
@@ -361,6 +355,12 @@ def _check_batching(config: dict) -> list[ConfigIssue]:
         issues.append(ConfigIssue("max_batch_tokens", f"max_batch_tokens must be >= 1 or null, got {budget}"))
     if _is_int(prefetch) and prefetch < 0:
         issues.append(ConfigIssue("prefetch", f"prefetch must be >= 0 (0: no background reading), got {prefetch}"))
+    return issues
+
+
+_OBJECTIVE_ROOTS = ("throughput", "models", "quality")
+
+
 def _check_metrics(metrics: Any, objective: Any) -> list[ConfigIssue]:
     """Declared metric names exist; the objective is a dotted path into metrics.json."""
     from composer.metrics import METRIC_NAMES
