@@ -176,5 +176,5 @@ class ImageChat(Stage):
 
     def _chat(self, record: Record) -> list[dict[str, Any]]:
         image = require_field(record, self.image_field, self.name)
-        text = self.template.template.format(**{f: require_field(record, f, self.name) for f in self.template.reads})
+        text = self.template.process([dict(record)])[0][self.output_field]  # formatted on a copy of the record
         return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
