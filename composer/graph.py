@@ -435,9 +435,11 @@ def _with_positions(before: list[Record], failed: list[RecordFailure], positions
     return [(positions.get(str(f.id), len(positions)), f) for f in failed]
 
 
-def _read_windows(graph: Graph, head: list[Node], stats: ExecutionStats, policy: ExecutionPolicy) -> Iterator[_Window]:
+def _read_windows(graph: Graph, head: list[Node], stats: ExecutionStats, policy: ExecutionPolicy,
+                  first: Stage | None = None) -> Iterator[_Window]:
     """Windows of unfinished records with the head transforms applied and input lengths measured:
-    the work that can overlap with the model's forward passes."""
+    the work that can overlap with the model's forward passes. The model stage that comes right
+    after the head (`first`) also tokenizes its inputs here (its `prepare`)."""
     model_stages = [n.stage for n in graph.nodes if hasattr(n.stage, "input_lengths")]
     items = _unfinished(graph.source.iter_records(), policy.skip_ids, stats)
     for batch in _batches(items, policy.window or graph.window):
@@ -460,7 +462,12 @@ def _read_windows(graph: Graph, head: list[Node], stats: ExecutionStats, policy:
             failures += _with_positions(before, failed, positions)
         lengths: dict[str, dict[str, int]] = {}
         for stage in model_stages:
-            if getattr(stage, "wants_lengths", False):
+            if stage is first and hasattr(stage, "prepare"):
+                try:
+                    lengths[stage.name] = stage.prepare(records)
+                except Exception:  # noqa: BLE001 - the stage then tokenizes in process()
+                    pass
+            elif getattr(stage, "wants_lengths", False):
                 try:
                     lengths[stage.name] = stage.input_lengths(records)
                 except Exception:  # noqa: BLE001 - a field written later in the graph; measured then
@@ -565,7 +572,7 @@ def _execute_batches(
     so outputs.jsonl stays an input-order prefix that resume continues."""
     *transforms, sink = graph.nodes[1:]
     head, tail = _split_head(transforms)
-    windows = _read_windows(graph, head, stats, policy)
+    windows = _read_windows(graph, head, stats, policy, tail[0].stage if tail else None)
     prefetch = graph.prefetch if policy.prefetch is None else policy.prefetch
     if prefetch > 0:
         windows = _prefetched(windows, prefetch)

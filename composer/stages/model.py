@@ -37,6 +37,11 @@ SORTED_TASKS = frozenset({
 })
 
 
+# Tasks whose pipeline `__call__` hands a list of inputs straight to the generic loop, so their
+# preprocess can run ahead in the prefetch thread (PipelineStage.prepare).
+PREPARED_TASKS = frozenset({"text-classification", "feature-extraction", "fill-mask"})
+
+
 class PipelineStage(Stage):
     """Runs a transformers pipeline task over a field (or a mapping of fields) of each record."""
 
@@ -76,6 +81,10 @@ class PipelineStage(Stage):
         self.max_batch_tokens = max_batch_tokens
         self.batch_choice: dict[str, Any] | None = None
         self._length_counter: Any = None
+        # Pipeline preprocess outputs made ahead by the prefetch thread: record id -> (input, item).
+        self._prepared: dict[str, tuple[Any, Any]] = {}
+        self._preparer: Any = None
+        self._runner: Any = None
         self.reads = tuple(input_field.values()) if isinstance(input_field, dict) else (input_field,)
         self.writes = (output_field,)
         self.pipe: Any = None
@@ -189,6 +198,61 @@ class PipelineStage(Stage):
             longest = grown
         if batch:
             yield batch
+
+    def prepare(self, records: list[Record]) -> dict[str, int]:
+        """Run the pipeline's own preprocess (the tokenizer) for these records now, from the
+        prefetch thread while the model works on the previous window; process() then feeds the
+        results to the pipeline's own collate/forward/postprocess, so outputs are those of
+        `pipe(inputs)`. Returns the records' lengths. Only for PREPARED_TASKS, whose `__call__`
+        hands a list straight to the generic pipeline loop; others are tokenized in process()."""
+        if self.pipe is None or self.task not in PREPARED_TASKS or self._padding_changes_outputs():
+            return self.input_lengths(records)
+        preparer = self._preparer or self._make_preparer()
+        lengths: dict[str, int] = {}
+        for record in records:
+            key = str(record["id"])
+            try:
+                value = self._model_input(record)
+                item = preparer(value)
+            except Exception:  # noqa: BLE001 - process() meets it again, in the record's own batch
+                continue
+            self._prepared[key] = (value, item)
+            input_ids = item.get("input_ids") if hasattr(item, "get") else None
+            if input_ids is not None and hasattr(input_ids, "shape"):
+                lengths[key] = int(input_ids.shape[-1])
+        missing = [r for r in records if str(r["id"]) not in lengths]
+        if missing:
+            lengths.update(self.input_lengths(missing))
+        return lengths
+
+    def _pipeline_params(self) -> tuple[dict, dict, dict]:
+        """The preprocess/forward/postprocess parameters `pipe(inputs, **call)` would use."""
+        pre, forward, post = self.pipe._sanitize_parameters(**self.call_params)
+        pipe = self.pipe
+        return {**pipe._preprocess_params, **pre}, {**pipe._forward_params, **forward}, {**pipe._postprocess_params, **post}
+
+    def _make_preparer(self) -> Any:
+        import copy
+
+        # A shallow copy of the pipeline with its own tokenizer: a tokenizer shared between
+        # threads fails ("Already borrowed") when both change its padding/truncation state.
+        clone = copy.copy(self.pipe)
+        clone.tokenizer = copy.deepcopy(self.pipe.tokenizer)
+        params = self._pipeline_params()[0]
+        self._preparer = lambda value: clone.preprocess(value, **params)
+        return self._preparer
+
+    def _run_prepared(self, items: list[Any]) -> list[Any]:
+        """`pipe(inputs, batch_size=...)` for inputs already preprocessed: the pipeline's own
+        iterator (collate, forward, unbatch, postprocess) with preprocess as the identity."""
+        if self._runner is None:
+            import copy
+
+            runner = copy.copy(self.pipe)
+            runner.preprocess = lambda item, **_: item
+            self._runner = runner
+        _, forward, post = self._pipeline_params()
+        return list(self._runner.get_iterator(items, 0, self.batch_size or len(items), {}, forward, post))
 
     PROBE_SIZES = (4, 8, 16, 32, 64)
 
@@ -323,9 +387,10 @@ class PipelineStage(Stage):
         return [tokens[len(tokens) - length:] if left else tokens[:length] for tokens in output]
 
     def process(self, records: list[Record]) -> list[Record]:
+        prepared = [self._prepared.pop(str(record["id"]), None) for record in records] if self._prepared else None
         inputs = [self._model_input(record) for record in records]
         if self.cache is None:
-            outputs = self._predict(inputs)
+            outputs = self._predict(inputs, prepared)
         else:
             outputs = self._predict_cached(inputs)
         for record, output in zip(records, outputs):
@@ -349,7 +414,7 @@ class PipelineStage(Stage):
             found.update({keys[index]: output for index, output in zip(todo, fresh)})
         return [found[key] for key in keys]
 
-    def _predict(self, inputs: list[Any]) -> list[Any]:
+    def _predict(self, inputs: list[Any], prepared: list[Any] | None = None) -> list[Any]:
         """Outputs for these inputs, each equal to the pipeline's single-input result (JSON-clean)."""
         started = time.perf_counter()
         if len(inputs) == 1 or self._padding_changes_outputs():
@@ -357,7 +422,10 @@ class PipelineStage(Stage):
             # call is unambiguous and is exactly the reference result.
             outputs = [self.pipe(model_input, **self.call_params) for model_input in inputs]
         else:
-            outputs = self.pipe(inputs, batch_size=self.batch_size or len(inputs), **self.call_params)
+            if prepared and all(p is not None and p[0] is i for p, i in zip(prepared, inputs)):
+                outputs = self._run_prepared([p[1] for p in prepared])  # tokenized ahead, same loop
+            else:
+                outputs = self.pipe(inputs, batch_size=self.batch_size or len(inputs), **self.call_params)
             if len(outputs) != len(inputs):
                 raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(inputs)} inputs")
             outputs = [self._as_single_call(i, o) for i, o in zip(inputs, outputs)]
@@ -442,6 +510,8 @@ class PipelineStage(Stage):
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
     def close(self) -> None:
+        self._prepared.clear()
+        self._preparer = self._runner = None
         if self.pipe is not None and self.pool_key is not None:
             modelpool.release(self.pool_key, self.pipe)
         self.pipe = None
