@@ -188,7 +188,25 @@ def bench_model(name: str, n: int, repeats: int, threads: int, work: Path) -> li
                      "ratio_vs_pipeline_bs8": median / base, "peak_rss_mb": rss[label], "outputs_match": match(reference, outputs[label])})
     if chosen:
         rows.append({"model": name, "variant": "batch_size=auto choice (extra run)", "auto": chosen})
+    rows.append({"model": name, "variant": "model reuse across in-process runs (16 records each)", "auto": model_reuse(folder, data, work, threads)})
     return rows
+
+
+def model_reuse(folder: Path, data: Path, work: Path, threads: int) -> dict:
+    """Two in-process runs of one model, as in a sweep over batch_size: the second takes the
+    pipeline the first left in composer.modelpool instead of loading it again."""
+    from composer import api, modelpool
+
+    modelpool.clear()
+    facts = {}
+    for label, extra in (("first run (loads)", "batch_size=8"), ("second run (reuses)", "batch_size=4")):
+        started = time.perf_counter()
+        result = api.run(["experiment=tiny-sentiment", f"model.id={folder}", "input=jsonl", f"input.path={data}", "input.id_field=n",
+                          "input.limit=16", f"threads={threads}", "progress=false", extra], run_dir=Path(tempfile.mkdtemp(dir=work)))
+        model = result.manifest()["stages"]["model"]
+        facts[label] = {"wall_s": time.perf_counter() - started, "load_s": model["load_seconds"], "reused": model.get("reused")}
+    modelpool.clear()
+    return facts
 
 
 def time_cli(args: list[str], repeats: int = 3) -> float:
@@ -210,7 +228,7 @@ def streaming_rss(counts: list[int], work: Path) -> dict[int, dict]:
         with data.open("w", encoding="utf-8") as handle:
             for i in range(count):
                 handle.write(json.dumps({"n": i, "text": " ".join(rng.choice(vocab) for _ in range(rng.randint(3, 40)))}) + "\n")
-        run_dir = work / f"stream-run-{count}"
+        run_dir = Path(tempfile.mkdtemp(dir=work)) / f"stream-run-{count}"  # fresh: an old folder would be resumed
         started = time.perf_counter()
         # The peak is read from /proc (VmHWM, reset at exec): getrusage's ru_maxrss, which the
         # manifest records, starts a child at its parent's high-water mark (Linux keeps it across

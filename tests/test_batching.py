@@ -153,3 +153,27 @@ def test_a_stop_inside_a_sorted_window_writes_an_input_order_prefix_and_resume_c
     resumed = api.resume(tmp_path / "stopped")
     assert resumed.status == "complete"
     _assert_same(reference, resumed.outputs(), "resumed")
+
+
+def test_batch_size_auto_on_cuda_shrinks_from_256_until_a_batch_fits():
+    from composer.stages.model import PipelineStage
+
+    class OutOfMemoryAbove32:
+        """Stands in for a pipeline on a GPU that fits 32 copies of the longest input."""
+
+        device = "cuda:0"
+
+        def __call__(self, inputs, batch_size, **call):
+            if batch_size > 32:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return [{"label": "x", "score": 1.0}] * len(inputs)
+
+    stage = PipelineStage("model", task="text-classification", batch_size="auto")
+    stage.pipe = OutOfMemoryAbove32()
+    records = [{"id": str(i), "text": "word " * (i + 1)} for i in range(40)]
+    batches = list(stage.plan_batches(records, {str(i): i + 1 for i in range(40)}))
+    tried = stage.batch_choice["tried"]  # accelerate shrinks the batch after each out-of-memory error
+    assert tried[0] == 256 and tried == sorted(tried, reverse=True) and tried[-2] > 32
+    assert stage.batch_size == tried[-1] <= 32 and stage.batch_choice["method"].startswith("cuda")
+    assert batches[0][0] == 39 and all(len(b) <= stage.batch_size for b in batches)  # longest first
+    assert sorted(i for b in batches for i in b) == list(range(40))

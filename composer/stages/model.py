@@ -298,8 +298,9 @@ class PipelineStage(Stage):
         return rest
 
     def _cuda_batch_size(self, longest: Any) -> int:
-        """The largest batch (halving from 256) of copies of the window's longest input that
-        runs without running out of memory; the probe's outputs are thrown away."""
+        """The largest batch of copies of the window's longest input that runs without running
+        out of memory (from 256 down, shrinking after each out-of-memory error as accelerate's
+        find_executable_batch_size does); the probe's outputs are thrown away."""
         from accelerate.utils import find_executable_batch_size
 
         tried: list[int] = []
