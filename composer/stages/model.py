@@ -205,7 +205,8 @@ class PipelineStage(Stage):
         results to the pipeline's own collate/forward/postprocess, so outputs are those of
         `pipe(inputs)`. Returns the records' lengths. Only for PREPARED_TASKS, whose `__call__`
         hands a list straight to the generic pipeline loop; others are tokenized in process()."""
-        if self.pipe is None or self.task not in PREPARED_TASKS or self._padding_changes_outputs():
+        # With the result cache, process() looks outputs up by input and runs the misses itself.
+        if self.pipe is None or self.cache is not None or self.task not in PREPARED_TASKS or self._padding_changes_outputs():
             return self.input_lengths(records)
         preparer = self._preparer or self._make_preparer()
         lengths: dict[str, int] = {}
