@@ -47,6 +47,7 @@ def test_plan_imports_neither_torch_nor_transformers(tmp_path):
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    assert main(['plan', 'experiment=tiny-sentiment', 'task=fill-mask', 'model=tiny-fill-mask']) == 0\n"
         "    assert main(['plan']) == 0\n"  # the default job (embedding stages) too
+        "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
         "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
