@@ -133,7 +133,7 @@ def composer_run(folder: Path, data: Path, work: Path, threads: int, overrides: 
     return rate, outputs, result.manifest()["stages"]["model"].get("batching", {})
 
 
-def bench_model(name: str, n: int, repeats: int, threads: int, work: Path) -> list[dict]:
+def bench_model(name: str, n: int, repeats: int, threads: int, work: Path, only: list[str] | None = None) -> list[dict]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
@@ -168,6 +168,8 @@ def bench_model(name: str, n: int, repeats: int, threads: int, work: Path) -> li
         "composer max_batch_tokens=2048 batch_size=64": lambda: composer_run(folder, data, work, threads, ["batch_size=64", "max_batch_tokens=2048"])[:2],
         "composer batch_size=auto": lambda: composer_run(folder, data, work, threads, ["batch_size=auto"])[:2],
     }
+    if only:  # keep pipeline(bs=1) (the reference outputs) and bs=8 (the baseline ratio)
+        variants = {k: v for k, v in variants.items() if k in ("pipeline() bs=1", "pipeline() bs=8") or any(o in k for o in only)}
     rates: dict[str, list[float]] = {k: [] for k in variants}
     outputs: dict[str, list[dict]] = {}
     rss: dict[str, float] = {}
@@ -178,7 +180,7 @@ def bench_model(name: str, n: int, repeats: int, threads: int, work: Path) -> li
             outputs.setdefault(label, [dict(o) for o in out])
             rss[label] = peak_rss_mb()
             print(f"  [{repeat + 1}/{repeats}] {label:48s} {rate:9.1f} rec/s", flush=True)
-    chosen = composer_run(folder, data, work, threads, ["batch_size=auto"])[2] if name == "small-256x4" else None
+    chosen = composer_run(folder, data, work, threads, ["batch_size=auto"])[2] if name == "small-256x4" and not only else None
     reference = [dict(o) for o in outputs["pipeline() bs=1"]]
     base = statistics.median(rates["pipeline() bs=8"])
     rows = []
@@ -188,7 +190,8 @@ def bench_model(name: str, n: int, repeats: int, threads: int, work: Path) -> li
                      "ratio_vs_pipeline_bs8": median / base, "peak_rss_mb": rss[label], "outputs_match": match(reference, outputs[label])})
     if chosen:
         rows.append({"model": name, "variant": "batch_size=auto choice (extra run)", "auto": chosen})
-    rows.append({"model": name, "variant": "model reuse across in-process runs (16 records each)", "auto": model_reuse(folder, data, work, threads)})
+    if not only:
+        rows.append({"model": name, "variant": "model reuse across in-process runs (16 records each)", "auto": model_reuse(folder, data, work, threads)})
     return rows
 
 
@@ -253,6 +256,8 @@ def main() -> None:
     parser.add_argument("--skip-streaming", action="store_true")
     parser.add_argument("--n", type=int, default=None, help="texts per model (overrides the mode's)")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--only", default=None, help="comma-separated substrings of variant names to run (plus pipeline bs=1/8)")
+    parser.add_argument("--skip-cli", action="store_true")
     parser.add_argument("--work", type=Path, default=None, help="folder for models, data and runs (default: a temp folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -263,7 +268,7 @@ def main() -> None:
     for name in args.models.split(","):
         n, repeats = sizes[name]
         n, repeats = args.n or n, args.repeats or repeats
-        rows = bench_model(name, n, repeats, args.threads, work)
+        rows = bench_model(name, n, repeats, args.threads, work, args.only.split(",") if args.only else None)
         report["models"] += rows
         print(f"\n  {'variant':48s} {'rec/s':>9s} {'x pipe bs8':>10s} {'peak RSS':>9s}  outputs match pipeline(bs=1)")
         for row in rows:
@@ -271,8 +276,9 @@ def main() -> None:
                 print(f"  {row['variant']:48s} {row['records_per_s']:9.1f} {row['ratio_vs_pipeline_bs8']:9.2f}x {row['peak_rss_mb']:7.0f}MB  {row['outputs_match']}")
             else:
                 print(f"  {row['variant']}: {row['auto']}")
-    print("\n== CLI start-up (median of 3, fresh processes)")
-    report["cli"] = {
+    if not args.skip_cli:
+        print("\n== CLI start-up (median of 3, fresh processes)")
+    report["cli"] = {} if args.skip_cli else {
         "python -c pass": statistics.median(
             [(lambda s: (subprocess.run([sys.executable, "-c", "pass"], check=True), time.perf_counter() - s)[1])(time.perf_counter()) for _ in range(3)]),
         "composer --help": time_cli(["--help"]),
