@@ -368,21 +368,26 @@ def _metrics(graph: Graph, stats: ExecutionStats, run_dir: Path, config: dict[st
     """Throughput and latency of this attempt; quality over every record in outputs.jsonl, so a
     resumed run is scored on all of its records."""
     seconds = stats.seconds
+    main_model = next(stage for stage in graph.model_stages() if stage.name == MODEL)
+    # Tokens exist where the main model reads text: its tokenizer's count of the inputs it ran.
+    tokens = main_model.input_tokens or None
     metrics: dict[str, Any] = {
         "throughput": {
             "records": stats.records_ok,
             "seconds": seconds,
             "records_per_second": stats.records_ok / seconds if seconds > 0 else None,
+            "input_tokens": tokens,
+            "tokens_per_second": tokens / seconds if tokens and seconds > 0 else None,
         },
         "models": {
-            stage.name: {"load_seconds": stage.load_seconds, "latency": latency_summary(stage.batch_seconds)}
+            stage.name: {"load_seconds": stage.load_seconds, "input_tokens": stage.input_tokens or None,
+                         "latency": latency_summary(stage.batch_seconds)}
             for stage in graph.model_stages()
         },
         "quality": {},
     }
     # Gold labels belong to the main task; an extra fan-out model (say, a topic classifier) is
     # not scored against them.
-    main_model = next(stage for stage in graph.model_stages() if stage.name == MODEL)
     # A postprocessor that turns the model's output into labels (embedding_classify over
     # feature-extraction) is what the gold labels score, whatever the model's task.
     labeller = next((n.stage for n in graph.nodes if n.path.startswith("postprocess") and getattr(n.stage, "produces_labels", False)), None)

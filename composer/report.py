@@ -41,6 +41,7 @@ _SKIP_DIRS = {".hydra", PLOTS, "mlruns", ".git", "__pycache__"}
 # Headline numbers for the report tables: (column, heading, format). summary.csv has them all.
 HEADLINE = (
     ("throughput.records_per_second", "records/s", "{:.1f}"),
+    ("throughput.tokens_per_second", "tokens/s", "{:.0f}"),
     (f"models.{MAIN_MODEL}.latency.p50_ms", "p50 ms", "{:.2f}"),
     (f"models.{MAIN_MODEL}.latency.p90_ms", "p90 ms", "{:.2f}"),
     (f"models.{MAIN_MODEL}.latency.p99_ms", "p99 ms", "{:.2f}"),

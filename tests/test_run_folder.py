@@ -109,6 +109,27 @@ def test_metrics(demo_run):
     latency = metrics["models"]["model"]["latency"]
     assert latency["batches"] == 3 and 0 < latency["p50_ms"] <= latency["p90_ms"] <= latency["p99_ms"]
     assert metrics["models"]["model"]["load_seconds"] > 0
+    # tokens/s: the model's own tokenizer's count of every input it ran, as a user would count
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path("text-classification"))
+    tokens = sum(len(tokenizer(o["text"])["input_ids"]) for o in outputs)
+    throughput = metrics["throughput"]
+    assert throughput["input_tokens"] == tokens == metrics["models"]["model"]["input_tokens"]
+    assert throughput["tokens_per_second"] == pytest.approx(tokens / throughput["seconds"])
+
+
+@pytest.mark.parametrize("overrides", [
+    ["task=text-generation", "model=tiny-text-generation", "call.max_new_tokens=2"],  # unsorted, tokenized in process()
+    ["task=token-classification", "model=tiny-token-classification", "batch_size=2"],  # sorted, lengths measured ahead
+])
+def test_input_tokens_are_counted_once_for_every_text_task(overrides, tmp_path):
+    from transformers import AutoTokenizer
+
+    texts = ["one two three", "a much longer sentence with many more words in it", "short"]
+    result = api.run([*TINY_DEMO, "input=inline", f"input.records={json.dumps(texts)}", *overrides], run_dir=tmp_path / "run")
+    tokenizer = AutoTokenizer.from_pretrained(result.manifest()["stages"]["model"]["model"]["load_from"])
+    assert result.metrics()["throughput"]["input_tokens"] == sum(len(tokenizer(t)["input_ids"]) for t in texts)
 
 
 def test_fingerprints_follow_what_changes_outputs(tmp_path):

@@ -83,6 +83,11 @@ class PipelineStage(Stage):
         self._length_counter: Any = None
         # Pipeline preprocess outputs made ahead by the prefetch thread: record id -> (input, item).
         self._prepared: dict[str, tuple[Any, Any]] = {}
+        # Input tokens per record id, measured by the model's own tokenizer (ahead, for batching,
+        # or in process()); summed into input_tokens for tokens/s in metrics.json.
+        self._token_counts: dict[str, int] = {}
+        self._counts_tokens = False
+        self.input_tokens = 0
         self._preparer: Any = None
         self._runner: Any = None
         self.reads = tuple(input_field.values()) if isinstance(input_field, dict) else (input_field,)
@@ -147,6 +152,8 @@ class PipelineStage(Stage):
             owners += [key] * len(parts)
         for key, count in zip(owners, counter(texts) if texts else []):
             lengths[key] += count
+        if self._counts_tokens:
+            self._token_counts.update((key, lengths[key]) for key in set(owners))
         return lengths
 
     def _make_length_counter(self) -> Any:
@@ -154,6 +161,7 @@ class PipelineStage(Stage):
         backend = getattr(tokenizer, "backend_tokenizer", None)
         limit = getattr(tokenizer, "model_max_length", None)
         limit = limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None
+        self._counts_tokens = backend is not None
         if backend is None:
             self._length_counter = lambda texts: [max(1, len(t) // 4) for t in texts]
             return self._length_counter
@@ -220,7 +228,7 @@ class PipelineStage(Stage):
             self._prepared[key] = (value, item)
             input_ids = item.get("input_ids") if hasattr(item, "get") else None
             if input_ids is not None and hasattr(input_ids, "shape"):
-                lengths[key] = int(input_ids.shape[-1])
+                lengths[key] = self._token_counts[key] = int(input_ids.shape[-1])
         missing = [r for r in records if str(r["id"]) not in lengths]
         if missing:
             lengths.update(self.input_lengths(missing))
@@ -390,6 +398,17 @@ class PipelineStage(Stage):
         left = getattr(self.pipe.tokenizer, "padding_side", "right") == "left"
         return [tokens[len(tokens) - length:] if left else tokens[:length] for tokens in output]
 
+    def _count_input_tokens(self, records: list[Record]) -> None:
+        """Add these records' input tokens to input_tokens: the lengths the tokenizer measured
+        ahead for batching, else counted now (text inputs only; images and audio have none).
+        Called once a batch succeeded, so records retried one by one are counted once."""
+        if self.pipe is not None and self._length_counter is not None and not self._counts_tokens:
+            self._length_counter = None  # a stand-in made before the model loaded: use the tokenizer
+        missing = [record for record in records if str(record["id"]) not in self._token_counts]
+        if missing and self.pipe is not None:
+            self.input_lengths(missing)
+        self.input_tokens += sum(self._token_counts.pop(str(record["id"]), 0) for record in records)
+
     def process(self, records: list[Record]) -> list[Record]:
         prepared = [self._prepared.pop(str(record["id"]), None) for record in records] if self._prepared else None
         inputs = [self._model_input(record) for record in records]
@@ -399,6 +418,7 @@ class PipelineStage(Stage):
             outputs = self._predict_cached(inputs)
         for record, output in zip(records, outputs):
             record[self.output_field] = output
+        self._count_input_tokens(records)  # after success: a failed batch is retried record by record
         return records
 
     def _predict_cached(self, inputs: list[Any]) -> list[Any]:
