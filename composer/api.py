@@ -162,10 +162,31 @@ def _device_facts() -> dict[str, Any]:
     return facts
 
 
+_PROC_STATUS, _PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
+def _reset_peak_memory() -> None:
+    """Make the peaks this run's own. Sweep jobs share a process, and getrusage's ru_maxrss
+    survives fork+exec (a run started by a big process reports that process's peak); Linux
+    resets VmHWM, the peak _peak_memory reads, when "5" is written to clear_refs."""
+    import torch
+
+    try:
+        _PROC_CLEAR_REFS.write_text("5")
+    except OSError:
+        pass  # not Linux, or not allowed: the process-wide peak is reported (rss_source says so)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
 def _peak_memory() -> dict[str, Any]:
     import torch
 
-    peak = {"rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    try:
+        hwm = next(line for line in _PROC_STATUS.read_text().splitlines() if line.startswith("VmHWM:"))
+        peak: dict[str, Any] = {"rss_bytes": int(hwm.split()[1]) * 1024, "rss_source": "VmHWM"}
+    except (OSError, StopIteration):
+        peak = {"rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rss_source": "getrusage"}
     if torch.cuda.is_available():
         peak["cuda_bytes"] = int(torch.cuda.max_memory_allocated())
     return peak
@@ -265,6 +286,7 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
     status, exit_code, error_info = "failed", EXIT_FAILED, None
     wall_started = time.perf_counter()
     try:
+        _reset_peak_memory()
         seed_everything(config["seed"], config.get("deterministic", False))
         manifest["deterministic"] = bool(config.get("deterministic", False))
         manifest["threads"] = set_threads(config["threads"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -179,3 +180,14 @@ def test_a_finished_run_folder_is_kept_and_another_config_refused(tmp_path):
     assert other.returncode == 2
     assert "holds a run with another config, so it cannot be continued:\n  - input.limit: 1 -> 2" in other.stderr
     assert (tmp_path / "run" / "outputs.jsonl").read_bytes() == before
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak RSS reset needs Linux /proc")
+def test_peak_memory_is_the_runs_own_not_the_processs_earlier_peak(tmp_path):
+    api.run([*TINY_DEMO, "input.limit=2"], run_dir=tmp_path / "warm")  # torch, transformers, the model: loaded
+    ballast = b"\x01" * (1024 * 2**20)  # touched pages: the process peak grows by 1 GiB, then it is freed
+    del ballast
+    process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = api.run([*TINY_DEMO, "input.limit=2"], run_dir=tmp_path / "run").manifest()["peak_memory"]
+    assert peak["rss_source"] == "VmHWM"
+    assert peak["rss_bytes"] < process_peak - 700 * 2**20
