@@ -376,3 +376,22 @@ def test_bad_quantization_values_fail_the_deep_check(overrides, expected, tmp_pa
     with pytest.raises(ConfigError):
         api.run([TINY, *overrides, "threads=1"], run_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+# --- the tutorial's large-model example as a ready experiment ---------------------------------------
+
+
+@pytest.mark.parametrize("quantization", ["none", "bnb-8bit"])
+def test_large_model_experiment_runs_offline_with_a_tiny_stand_in(quantization, tmp_path):
+    overrides = ["experiment=large-model", "model.id=tiny:text-generation", f"quantization={quantization}", "threads=1",
+                 "call.max_new_tokens=6"]
+    first = api.run(overrides, run_dir=tmp_path / "first")
+    again = api.run(overrides, run_dir=tmp_path / "again")
+    assert first.status == "complete", first.manifest().get("error")
+    config, facts = first.config(), first.manifest()["stages"]["model"]
+    assert config["call"]["do_sample"] is True and config["call"]["top_p"] == 0.95
+    assert facts["dtype"] == "bfloat16" and facts["device_map"] == "auto" and facts["placement"] == {"": "cpu"}
+    assert facts["quantizer"] == ("Bnb8BitHfQuantizer" if quantization == "bnb-8bit" else None)
+    [record] = first.outputs()
+    assert record["prediction"][0]["generated_text"].startswith("This is a cool example!")
+    assert again.outputs() == first.outputs()  # sampling is seeded
