@@ -29,10 +29,9 @@ from omegaconf import OmegaConf
 from composer import runstore
 from composer.configuration import compose_config
 from composer.graph import MODEL, ExecutionPolicy, ExecutionStats, Graph, RunAborted, RunInterrupted, execute, plan as plan_graph
-from composer.metrics import QualityAccumulator, latency_summary, quality_accumulator
+from composer.metrics import latency_summary, quality_accumulator
 from composer.records import canonical_json
 from composer.schema import ConfigError, validate
-from composer.tasks import LABELLED_TASKS
 
 EXIT_OK, EXIT_RECORD_ERRORS, EXIT_CONFIG, EXIT_ABORTED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 

@@ -1,4 +1,5 @@
-"""Fetch a URL's bytes with a timeout and a size cap, for load stages that accept URLs.
+"""The encoded bytes a media field names (bytes, a `datasets` value, a URL, a path), for the
+image and audio load stages; URLs are fetched with a timeout and a size cap.
 
 A record that names a URL must not hang the run (a server that never answers) or fill memory
 (a multi-gigabyte file behind an innocent name): both end as an error for that record only.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 _CHUNK = 1 << 16
 
@@ -53,3 +56,23 @@ def fetch_bytes(url: str, *, timeout: float, max_bytes: int) -> bytes:
         if isinstance(reason, TimeoutError) or "timed out" in str(reason):
             raise FetchError(f"{url}: no answer within {timeout} s (timeout)") from None
         raise FetchError(f"{url}: {reason}") from None
+
+
+def media_bytes(value: Any, *, source: str, timeout: float, max_bytes: int, expected: str) -> bytes:
+    """The encoded file a media field holds: raw bytes, an undecoded `datasets` Image/Audio value
+    ({bytes, path}), an http(s) URL (fetched when `source` is url, or auto and it looks like one)
+    or a local path. `expected` names the accepted forms in the TypeError for anything else."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        return value["bytes"] or Path(value["path"]).expanduser().read_bytes()
+    if not isinstance(value, str):
+        raise TypeError(f"expected {expected}, got {type(value).__name__}")
+    if source == "url" or (source == "auto" and is_url(value)):
+        if not is_url(value):
+            raise ValueError(f"not an http(s) URL: {value[:80]!r}")
+        return fetch_bytes(value, timeout=timeout, max_bytes=max_bytes)
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {value}")
+    return path.read_bytes()

@@ -9,7 +9,7 @@ import pytest
 
 from composer import api
 from composer.schema import ConfigError
-from conftest import REPO, run_cli, write_jsonl
+from conftest import run_cli, write_jsonl
 
 
 # These tests start from the plain text-classification demo, not the default embedding job.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import http.server
 import io
-import json
 import shutil
 import threading
 import time

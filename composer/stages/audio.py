@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -166,22 +165,10 @@ class LoadAudio(Stage):
         return decode_file(self._bytes(value))
 
     def _bytes(self, value: Any) -> bytes:
-        from composer.fetch import fetch_bytes, is_url
+        from composer.fetch import media_bytes
 
-        if isinstance(value, (bytes, bytearray)):
-            return bytes(value)
-        if isinstance(value, dict) and (value.get("bytes") or value.get("path")):  # an undecoded datasets Audio
-            return value["bytes"] or Path(value["path"]).expanduser().read_bytes()
-        if not isinstance(value, str):
-            raise TypeError(f"expected a path, URL, bytes, samples or {{array, sampling_rate}}, got {type(value).__name__}")
-        if self.source == "url" or (self.source == "auto" and is_url(value)):
-            if not is_url(value):
-                raise ValueError(f"not an http(s) URL: {value[:80]!r}")
-            return fetch_bytes(value, timeout=self.timeout, max_bytes=self.max_bytes)
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"no such file: {value}")
-        return path.read_bytes()
+        return media_bytes(value, source=self.source, timeout=self.timeout, max_bytes=self.max_bytes,
+                           expected="a path, URL, bytes, samples or {array, sampling_rate}")
 
 
 def decode_file(data: bytes) -> tuple[np.ndarray, int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from pathlib import Path
 from typing import Any, Literal
 
 from composer.records import Record
@@ -86,7 +85,7 @@ class LoadImage(Stage):
                 image = image.convert(self.mode)
         except Image.UnidentifiedImageError:
             raise OSError(f"record {record['id']!r}: field {self.field!r}{self._named(value)} is not an image format PIL can read") from None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        except (OSError, ValueError, TypeError, SyntaxError, Image.DecompressionBombError) as error:
             raise reworded(error, f"record {record['id']!r}: cannot read image from field {self.field!r}{self._named(value)}: {error}") from None
         if self.crop:
             image = image.crop(tuple(self.crop))
@@ -110,24 +109,12 @@ class LoadImage(Stage):
         return ""
 
     def _bytes(self, value: Any) -> bytes:
-        from composer.fetch import fetch_bytes, is_url
+        from composer.fetch import media_bytes
 
-        if isinstance(value, (bytes, bytearray)):
-            return bytes(value)
-        if isinstance(value, dict) and (value.get("bytes") or value.get("path")):  # an undecoded datasets Image
-            return value["bytes"] or Path(value["path"]).read_bytes()
-        if not isinstance(value, str):
-            raise ValueError(f"expected a path, URL, base64 text, bytes or an image, got {type(value).__name__}")
-        if self.source == "base64" or (self.source == "auto" and value.startswith("data:")):
+        if isinstance(value, str) and (self.source == "base64" or (self.source == "auto" and value.startswith("data:"))):
             return _base64_bytes(value)
-        if self.source == "url" or (self.source == "auto" and is_url(value)):
-            if not is_url(value):
-                raise ValueError(f"not an http(s) URL: {value[:80]!r}")
-            return fetch_bytes(value, timeout=self.timeout, max_bytes=self.max_bytes)
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"no such file: {value}")
-        return path.read_bytes()
+        return media_bytes(value, source=self.source, timeout=self.timeout, max_bytes=self.max_bytes,
+                           expected="a path, URL, base64 text, bytes or an image")
 
 
 def _base64_bytes(text: str) -> bytes:
