@@ -38,7 +38,9 @@ def fetch_bytes(url: str, *, timeout: float, max_bytes: int) -> bytes:
             if declared is not None and declared.isdigit() and int(declared) > max_bytes:
                 raise FetchError(f"{url}: {int(declared)} bytes exceeds the cap of {max_bytes} (max_bytes)")
             body = bytearray()
-            while chunk := response.read(_CHUNK):
+            # read1 returns what has arrived (read() waits for a full chunk), so the deadline is
+            # checked at least once per socket timeout even when the server trickles bytes.
+            while chunk := response.read1(_CHUNK):
                 body += chunk
                 if len(body) > max_bytes:
                     raise FetchError(f"{url}: more than {max_bytes} bytes (max_bytes)")

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from composer.repro import sha256_file
 from composer.runtime import ModelUnavailable
 
 MODELS_ENV_VAR = "COMPOSER_MODELS_DIR"
@@ -115,11 +116,7 @@ def revision_matches(spec: ProvisionedModel, revision: str | None) -> bool:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)[0]
 
 
 # Verified files by (path, size, mtime): a run resolves the model a few times (plan checks,

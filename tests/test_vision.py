@@ -237,7 +237,12 @@ def test_crop_resize_and_max_side(tmp_path):
 class _ImageServer(http.server.BaseHTTPRequestHandler):
     payload = b""
 
+    trickled: list[int] = []  # bytes /trickle.png sent before the client hung up (or all of them)
+
     def do_GET(self):  # noqa: N802 - http.server's name
+        if self.path == "/trickle.png":
+            self._trickle()
+            return
         if self.path == "/slow.png":
             time.sleep(2)
         if self.path == "/missing.png":
@@ -249,6 +254,22 @@ class _ImageServer(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _trickle(self):
+        """80 bytes, one every 0.1 s: each socket read gets data in time, the whole fetch does not."""
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        sent = 0
+        try:
+            for byte in self.payload[:80]:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                sent += 1
+                time.sleep(0.1)
+        except OSError:  # the client gave up
+            pass
+        self.trickled.append(sent)
 
     def log_message(self, *args):
         pass
@@ -283,6 +304,19 @@ def test_url_images_with_timeout_and_size_cap(tmp_path, image_server, classifier
     assert "timeout" in errors["slow"] and "/slow.png" in errors["slow"]
     assert "max_bytes" in errors["big"] and f"cap of {cap}" in errors["big"]
     assert "HTTP 404" in errors["missing"]
+
+
+def test_a_server_that_trickles_bytes_cannot_outlast_the_timeout(image_server):
+    from composer.fetch import FetchError, fetch_bytes
+
+    _ImageServer.trickled.clear()
+    with pytest.raises(FetchError, match=r"no answer within 0.5 s \(timeout\)"):
+        fetch_bytes(f"{image_server}/trickle.png", timeout=0.5, max_bytes=10**6)
+    for _ in range(100):  # the server notices the hang-up at its next write
+        if _ImageServer.trickled:
+            break
+        time.sleep(0.1)
+    assert _ImageServer.trickled and _ImageServer.trickled[0] < 80  # the client stopped reading long before the end
 
 
 # --- document question answering ---------------------------------------------------------------------------------
