@@ -300,6 +300,8 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
         setup_started = time.perf_counter()
         for stage in graph.stages()[1:]:
             stage.setup()
+            if skip_ids and stage.restores_state:
+                stage.restore(runstore.iter_jsonl(run_dir / runstore.OUTPUTS))
         attempt["setup_seconds"] = time.perf_counter() - setup_started
         # Again after setup: a model loaded fresh may have drawn random numbers, one reused from
         # an earlier run in this process (composer.modelpool) did not; sampling must not care.

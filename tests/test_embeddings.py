@@ -21,7 +21,7 @@ from composer.repro import sha256_tree
 from composer.runtime import ModelUnavailable, resolve_model
 from composer.schema import ConfigError
 from composer.stages.embeddings import MeanPool, NearDuplicates
-from conftest import read_jsonl, run_cli, write_jsonl
+from conftest import assert_close, read_jsonl, run_cli, write_jsonl
 
 TICKETS = Path(api.__file__).parent / "data" / "demo" / "tickets.jsonl"
 MINILM_ID = provision.MINILM.hub_id
@@ -342,6 +342,28 @@ def test_near_duplicates_keeps_nothing_from_a_failed_batch():
     assert stage.ids == []
     [record] = stage.process([{"id": "a2", "embedding": VECTORS["a2"]}])
     assert record["near_duplicate"]["duplicate_of"] is None
+
+
+def test_a_resumed_run_groups_near_duplicates_as_an_uninterrupted_one(tmp_path):
+    """Found in review: near_duplicates forgot the records written before the stop."""
+    overrides = ["experiment=support-tickets", "model.id=tiny:feature-extraction", "input.limit=12", "threads=1",
+                 "postprocess.2.threshold=0.5", "batch_size=2"]
+    whole = api.run(overrides, run_dir=tmp_path / "whole")
+    groups = [record["near_duplicate"] for record in whole.outputs()]
+    assert any(group["duplicate_of"] for group in groups[4:])  # later records join earlier groups
+    # an attempt stopped after 4 records, as resume finds it
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "whole", cut)
+    lines = (cut / "outputs.jsonl").read_text().splitlines(keepends=True)
+    (cut / "outputs.jsonl").write_text("".join(lines[:4]))
+    manifest = json.loads((cut / "manifest.json").read_text())
+    manifest["status"] = "interrupted"
+    (cut / "manifest.json").write_text(json.dumps(manifest))
+    resumed = api.resume(cut)
+    assert resumed.status == "complete"
+    again = [record["near_duplicate"] for record in resumed.outputs()]
+    assert [(g["group"], g["duplicate_of"]) for g in again] == [(g["group"], g["duplicate_of"]) for g in groups]
+    assert_close(again, groups)  # scores from vectors read back from JSON: equal within float tolerance
 
 
 def test_classify_and_search_through_a_run(tmp_path):

@@ -8,7 +8,7 @@ heavy; `setup()` does the loading.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 from composer.records import Record, RecordFailure, canonical_json
@@ -42,6 +42,14 @@ class Stage:
         another's setting (audio loading resamples to the rate of the model's feature extractor).
         """
         return []
+
+    #: True for a stage whose output for a record depends on the records before it (state kept
+    #: across batches): on resume, restore() rebuilds that state from the outputs already written.
+    restores_state = False
+
+    def restore(self, written: Iterable[Record]) -> None:
+        """Rebuild the state an earlier attempt had built from `written` (outputs.jsonl, in input
+        order) before a resumed run goes on; only called when restores_state is True."""
 
     def setup(self) -> None:
         """Load whatever the stage needs (models, files). Called once, after planning."""

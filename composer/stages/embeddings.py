@@ -18,7 +18,8 @@ The other stages read that vector (`embedding`):
   and the graph streams them: so each record is compared with every *earlier* record, kept in
   memory (n x hidden floats; n^2/2 comparisons), and joins the group of its most similar earlier
   record. The result of a record depends only on the records before it in input order, never on
-  batching, and is final when the record is written.
+  batching, and is final when the record is written. A resumed run first re-reads the records
+  already written (restore), so it groups the rest as an uninterrupted run would.
 
 The texts in the config (label descriptions, queries, corpus) are embedded at setup by the same
 model and pooling as the records, through a feature-extraction pipeline of its own: give these
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +319,20 @@ class NearDuplicates(Stage):
         self.ids: list[str] = []
         self.groups: list[str] = []
         self.vectors: Any = None  # rows 0..len(ids)-1 are the kept records; capacity doubles
+
+    # A record's group depends on every record before it, and a resumed run starts mid-input.
+    restores_state = True
+
+    def restore(self, written: Iterable[Record]) -> None:
+        """Keep the records an earlier attempt wrote, with the groups it gave them, so a resumed
+        run groups the rest exactly as an uninterrupted one would."""
+        for record in written:
+            if self.field not in record or not isinstance(record.get(self.output_field), dict):
+                raise ValueError(
+                    f"{self.name}: cannot resume: record {record.get('id')!r} in outputs.jsonl lacks {self.field!r} or "
+                    f"{self.output_field!r}, which rebuild the records seen so far; start the run again in a new folder"
+                )
+            self._keep(_vector(record, self.field, self.name), str(record["id"]), record[self.output_field]["group"])
 
     def _keep(self, vector: Any, record_id: str, group: str) -> None:
         import numpy as np
