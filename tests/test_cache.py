@@ -45,6 +45,23 @@ def test_a_repeated_run_hits_every_record_and_loads_no_model(cached):
     assert facts["cache"] == {"path": facts["cache"]["path"], "hits": 5, "misses": 0}
     assert facts["loaded"] is False and second.metrics()["models"]["model"]["load_seconds"] is None
     assert (second.run_dir / "outputs.jsonl").read_bytes() == (first.run_dir / "outputs.jsonl").read_bytes()
+    # tokens/s counts the same tokens whether the model ran or the cache answered (its tokenizer
+    # is read from the model folder without loading the weights)
+    tokens = first.metrics()["throughput"]["input_tokens"]
+    assert tokens and second.metrics()["throughput"]["input_tokens"] == tokens
+    third, _ = run("cache=off")
+    assert third.metrics()["throughput"]["input_tokens"] == tokens
+
+
+def test_a_failed_batch_counts_its_cache_misses_once(cached, tmp_path):
+    run, _ = cached
+    texts = [*TEXTS, "word " * 600]  # longer than the model's 512 positions: fails, its batch is retried one by one
+    data = write_jsonl(tmp_path / "with-bad.jsonl", [{"text": t} for t in texts])
+    result = api.run(["experiment=tiny-sentiment", f"model.id={cached[1]}", "input=jsonl", f"input.path={data}",
+                      "cache=on", f"cache.path={tmp_path / 'other.sqlite'}", "threads=1", "batch_size=8", "sort_window=0"],
+                     run_dir=tmp_path / "bad")
+    assert result.status == "completed_with_errors" and len(result.errors()) == 1
+    assert result.manifest()["stages"]["model"]["cache"]["misses"] == len(TEXTS)
 
 
 def test_what_changes_outputs_misses(cached):

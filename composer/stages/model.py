@@ -156,8 +156,22 @@ class PipelineStage(Stage):
             self._token_counts.update((key, lengths[key]) for key in set(owners))
         return lengths
 
+    def _tokenizer_without_model(self) -> Any:
+        """The model's tokenizer, read from its files when the weights are not loaded (the result
+        cache may never load them), so lengths and token counts are the tokenizer's own; None for
+        models without one (images, audio) or when it cannot be read."""
+        from transformers import AutoTokenizer
+
+        if self.resolved is None:
+            return None
+        try:
+            return AutoTokenizer.from_pretrained(self.model_config["tokenizer"] or self.resolved.load_from,
+                                                 revision=self.resolved.revision if self.resolved.source == "hub" else None)
+        except Exception:  # noqa: BLE001 - no tokenizer: a character count stands in for lengths
+            return None
+
     def _make_length_counter(self) -> Any:
-        tokenizer = getattr(self.pipe, "tokenizer", None) if self.pipe is not None else None
+        tokenizer = getattr(self.pipe, "tokenizer", None) if self.pipe is not None else self._tokenizer_without_model()
         backend = getattr(tokenizer, "backend_tokenizer", None)
         limit = getattr(tokenizer, "model_max_length", None)
         limit = limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None
@@ -402,10 +416,8 @@ class PipelineStage(Stage):
         """Add these records' input tokens to input_tokens: the lengths the tokenizer measured
         ahead for batching, else counted now (text inputs only; images and audio have none).
         Called once a batch succeeded, so records retried one by one are counted once."""
-        if self.pipe is not None and self._length_counter is not None and not self._counts_tokens:
-            self._length_counter = None  # a stand-in made before the model loaded: use the tokenizer
         missing = [record for record in records if str(record["id"]) not in self._token_counts]
-        if missing and self.pipe is not None:
+        if missing:
             self.input_lengths(missing)
         self.input_tokens += sum(self._token_counts.pop(str(record["id"]), 0) for record in records)
 
@@ -428,14 +440,15 @@ class PipelineStage(Stage):
         keys = [record_key(fingerprint, self.upstream_fingerprint, to_jsonable(i)) for i in inputs]
         found = self.cache.get_many(keys)
         todo = [index for index, key in enumerate(keys) if key not in found]
-        self.cache_hits += len(keys) - len(todo)
-        self.cache_misses += len(todo)
         if todo:
             if self.pipe is None:
                 self._load()
             fresh = self._predict([inputs[index] for index in todo])
             self.cache.put_many({keys[index]: output for index, output in zip(todo, fresh)})
             found.update({keys[index]: output for index, output in zip(todo, fresh)})
+        # Counted once the batch succeeded: a failed batch is retried record by record.
+        self.cache_hits += len(keys) - len(todo)
+        self.cache_misses += len(todo)
         return [found[key] for key in keys]
 
     def _predict(self, inputs: list[Any], prepared: list[Any] | None = None) -> list[Any]:
@@ -535,6 +548,7 @@ class PipelineStage(Stage):
 
     def close(self) -> None:
         self._prepared.clear()
+        self._token_counts.clear()  # records that failed were measured but never counted
         self._preparer = self._runner = None
         if self.pipe is not None and self.pool_key is not None:
             modelpool.release(self.pool_key, self.pipe)
