@@ -12,6 +12,7 @@ import graphlib
 import hashlib
 import inspect
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -436,13 +437,17 @@ def _with_positions(before: list[Record], failed: list[RecordFailure], positions
 
 
 def _read_windows(graph: Graph, head: list[Node], stats: ExecutionStats, policy: ExecutionPolicy,
-                  first: Stage | None = None) -> Iterator[_Window]:
+                  first: Stage | None = None, stop: threading.Event | None = None) -> Iterator[_Window]:
     """Windows of unfinished records with the head transforms applied and input lengths measured:
     the work that can overlap with the model's forward passes. The model stage that comes right
-    after the head (`first`) also tokenizes its inputs here (its `prepare`)."""
+    after the head (`first`) also tokenizes its inputs here (its `prepare`). `stop` (an Event
+    set when the run stops) ends it between stages, so the prefetch thread never outlives the run."""
     model_stages = [n.stage for n in graph.nodes if hasattr(n.stage, "input_lengths")]
     items = _unfinished(graph.source.iter_records(), policy.skip_ids, stats)
+    stopped = stop.is_set if stop is not None else (lambda: False)
     for batch in _batches(items, policy.window or graph.window):
+        if stopped():
+            return
         records: list[Record] = []
         failures: list[tuple[int, RecordFailure]] = []
         positions: dict[str, int] = {}
@@ -453,13 +458,15 @@ def _read_windows(graph: Graph, head: list[Node], stats: ExecutionStats, policy:
                 records.append(item)
                 positions[str(item["id"])] = position
         for node in head:
-            if not records:
+            if not records or stopped():
                 break
             stage_started = time.perf_counter()
             before = records
             records, failed = _run_stage(node.stage, records)
             stats.stage_seconds[node.stage.name] += time.perf_counter() - stage_started
             failures += _with_positions(before, failed, positions)
+        if stopped():
+            return
         lengths: dict[str, dict[str, int]] = {}
         for stage in model_stages:
             if stage is first and hasattr(stage, "prepare"):
@@ -478,15 +485,15 @@ def _read_windows(graph: Graph, head: list[Node], stats: ExecutionStats, policy:
 _DONE = object()
 
 
-def _prefetched(windows: Iterator[_Window], depth: int) -> Iterator[_Window]:
+def _prefetched(windows: Iterator[_Window], depth: int, stopping: threading.Event) -> Iterator[_Window]:
     """Produce `windows` in a background thread, at most `depth` ahead of the consumer, so that
     reading, light transforms and tokenizing overlap with the model (torch and the tokenizers
-    release the GIL). Memory stays bounded: depth + 2 windows exist at any time."""
+    release the GIL). Memory stays bounded: depth + 2 windows exist at any time. When the
+    consumer stops, `stopping` (which `windows` watches) is set and the thread is waited for,
+    so no stage code runs after the run closes its stages."""
     import queue
-    import threading
 
     handoff: queue.Queue = queue.Queue(maxsize=depth)
-    stopping = threading.Event()
 
     def put(item: Any) -> bool:
         while not stopping.is_set():
@@ -505,6 +512,8 @@ def _prefetched(windows: Iterator[_Window], depth: int) -> Iterator[_Window]:
             put(_DONE)
         except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
             put(error)
+        finally:
+            windows.close()  # the source's file closes now, in this thread, not at garbage collection
 
     worker = threading.Thread(target=produce, name="composer-prefetch", daemon=True)
     worker.start()
@@ -518,7 +527,8 @@ def _prefetched(windows: Iterator[_Window], depth: int) -> Iterator[_Window]:
             yield item
     finally:
         stopping.set()
-        worker.join(timeout=5)
+        # At most one head stage's work on one window remains; a second Ctrl-C interrupts the wait.
+        worker.join()
 
 
 def _run_batched(
@@ -572,10 +582,11 @@ def _execute_batches(
     so outputs.jsonl stays an input-order prefix that resume continues."""
     *transforms, sink = graph.nodes[1:]
     head, tail = _split_head(transforms)
-    windows = _read_windows(graph, head, stats, policy, tail[0].stage if tail else None)
+    stop = threading.Event()
+    windows = _read_windows(graph, head, stats, policy, tail[0].stage if tail else None, stop)
     prefetch = graph.prefetch if policy.prefetch is None else policy.prefetch
     if prefetch > 0:
-        windows = _prefetched(windows, prefetch)
+        windows = _prefetched(windows, prefetch, stop)
     try:
         for window in windows:
             _run_window(window, tail, sink, stats, policy, on_failures, advance)

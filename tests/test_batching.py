@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from composer import api
+from composer.stages.base import Stage
 from conftest import assert_close, write_jsonl
 
 WORDS = "the battery lasts for days but support never answered my emails about the broken screen".split()
@@ -177,3 +181,34 @@ def test_batch_size_auto_on_cuda_shrinks_from_256_until_a_batch_fits():
     assert stage.batch_size == tried[-1] <= 32 and stage.batch_choice["method"].startswith("cuda")
     assert batches[0][0] == 39 and all(len(b) <= stage.batch_size for b in batches)  # longest first
     assert sorted(i for b in batches for i in b) == list(range(40))
+
+
+class SlowHead(Stage):
+    """A prefetchable transform whose second window takes longer than the old 5 s join timeout."""
+
+    prefetchable = True
+    calls = 0
+
+    def __init__(self, name: str):
+        super().__init__(name, {})
+        self.reads, self.writes = ("text",), ()
+
+    def process(self, records):
+        SlowHead.calls += 1
+        if SlowHead.calls == 2:
+            time.sleep(6)
+        return records
+
+
+def test_a_stopped_run_leaves_no_prefetch_thread_behind(tmp_path):
+    """Found in review: the run closed its stages after waiting 5 s while the prefetch thread
+    was still inside a head stage, which then kept running stage code."""
+    SlowHead.calls = 0
+    texts = ["fine"] * 3 + ["word " * 600] + ["fine"] * 8  # the 4th is too long for the model: on_error=fail stops
+    data = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in texts])
+    result = api.run(["experiment=tiny-sentiment", "input=jsonl", f"input.path={data}", "threads=1", "on_error=fail",
+                      "sort_window=4", "batch_size=4", "allow_any_target=true", "preprocess=[{_target_: test_batching.SlowHead}]"],
+                     run_dir=tmp_path / "run")
+    assert result.status == "aborted"
+    assert [t for t in threading.enumerate() if t.name == "composer-prefetch"] == []
+    assert [o["text"] for o in result.outputs()] == ["fine"] * 3
