@@ -220,6 +220,14 @@ def test_exif_orientation_is_honoured_and_images_become_rgb(tmp_path):
     assert result.outputs()[0]["image"]["width"] == 20 and result.outputs()[0]["image"]["height"] == 40
 
 
+def _plan_issues(overrides: list[str]) -> list:
+    from composer.schema import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        api.plan(overrides)
+    return caught.value.issues
+
+
 def test_crop_resize_and_max_side(tmp_path):
     record = {"id": "x", "image": noise_image(60, 100, 9)}
     cropped = LoadImage("load", crop=[10, 0, 60, 40], resize=[25, 20]).process([dict(record)])[0]["image"]
@@ -229,6 +237,13 @@ def test_crop_resize_and_max_side(tmp_path):
     assert shrunk.size == (50, 30)
     with pytest.raises(ValueError, match="resize must be a list of 2"):
         LoadImage("load", resize=[10])
+    # found in review: these failed once per record instead of once, naming the key
+    for bad, message in (({"crop": [50, 0, 10, 40]}, "right > left"), ({"resize": [0, 0]}, "at least 1"),
+                         ({"max_side": -5}, "max_side must be a positive")):
+        with pytest.raises(ValueError, match=message):
+            LoadImage("load", **bad)
+    issues = [str(issue) for issue in _plan_issues(["experiment=image-classification", "preprocess.0.crop=[50,0,10,40]"])]
+    assert any(issue.startswith("preprocess[0]") and "right > left" in issue for issue in issues), issues
 
 
 # --- URLs: timeout and size cap ----------------------------------------------------------------------------------

@@ -61,6 +61,13 @@ class LoadImage(Stage):
             raise ValueError(f"source must be auto, path, url or base64, got {source!r}")
         _check_ints("resize", resize, 2)
         _check_ints("crop", crop, 4)
+        # Mistakes here would fail every record one by one; they are config errors instead.
+        if resize is not None and min(resize) < 1:
+            raise ValueError(f"resize is [width, height], each at least 1, got {resize!r}")
+        if crop is not None and not (crop[2] > crop[0] and crop[3] > crop[1]):
+            raise ValueError(f"crop is [left, top, right, bottom] with right > left and bottom > top, got {crop!r}")
+        if max_side is not None and (not isinstance(max_side, int) or max_side < 1):
+            raise ValueError(f"max_side must be a positive integer or null, got {max_side!r}")
         self.field, self.output_field, self.source, self.mode = field, output_field, source, mode
         self.resize, self.crop, self.max_side, self.min_side = resize, crop, max_side, min_side
         self.timeout, self.max_bytes = timeout, max_bytes
