@@ -315,7 +315,6 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
                 progress.update(task_id, completed=done, rate=f"{done / elapsed:.1f}/s")
 
             policy = ExecutionPolicy(
-                batch_size=config["batch_size"],
                 on_error=config["on_error"],
                 max_errors=config["max_errors"],
                 errors_before=runstore.count_lines(run_dir / runstore.ERRORS),

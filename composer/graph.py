@@ -371,14 +371,11 @@ def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 class ExecutionPolicy:
     """How a run treats failures, what it skips, and when it stops."""
 
-    batch_size: int | str
     on_error: str = "skip"
     max_errors: int | None = None
     errors_before: int = 0  # failures recorded by earlier attempts (they count toward max_errors)
     skip_ids: set[str] = field(default_factory=set)  # records finished by an earlier attempt
     should_stop: Callable[[], bool] = lambda: False  # checked between batches (Ctrl-C, SIGTERM)
-    window: int | None = None  # records read ahead as one unit (None: the graph's window)
-    prefetch: int | None = None  # windows a background thread prepares ahead (None: the graph's)
 
 
 class RunInterrupted(Exception):
@@ -432,7 +429,7 @@ def _split_head(nodes: list[Node]) -> tuple[list[Node], list[Node]]:
     return nodes[:head], nodes[head:]
 
 
-def _with_positions(before: list[Record], failed: list[RecordFailure], positions: dict[str, int]) -> list[tuple[int, RecordFailure]]:
+def _with_positions(failed: list[RecordFailure], positions: dict[str, int]) -> list[tuple[int, RecordFailure]]:
     return [(positions.get(str(f.id), len(positions)), f) for f in failed]
 
 
@@ -445,7 +442,7 @@ def _read_windows(graph: Graph, head: list[Node], stats: ExecutionStats, policy:
     model_stages = [n.stage for n in graph.nodes if hasattr(n.stage, "input_lengths")]
     items = _unfinished(graph.source.iter_records(), policy.skip_ids, stats)
     stopped = stop.is_set if stop is not None else (lambda: False)
-    for batch in _batches(items, policy.window or graph.window):
+    for batch in _batches(items, graph.window):
         if stopped():
             return
         records: list[Record] = []
@@ -461,10 +458,9 @@ def _read_windows(graph: Graph, head: list[Node], stats: ExecutionStats, policy:
             if not records or stopped():
                 break
             stage_started = time.perf_counter()
-            before = records
             records, failed = _run_stage(node.stage, records)
             stats.stage_seconds[node.stage.name] += time.perf_counter() - stage_started
-            failures += _with_positions(before, failed, positions)
+            failures += _with_positions(failed, positions)
         if stopped():
             return
         lengths: dict[str, dict[str, int]] = {}
@@ -553,7 +549,7 @@ def _run_batched(
             batch = [records[i] for i in indices]
             kept, failed = _run_stage(stage, batch)
             kept_ids.update(str(r["id"]) for r in kept)
-            failures += _with_positions(batch, failed, positions)
+            failures += _with_positions(failed, positions)
             for i in indices:
                 done[i] = True
             on_batch(len(indices))
@@ -584,9 +580,8 @@ def _execute_batches(
     head, tail = _split_head(transforms)
     stop = threading.Event()
     windows = _read_windows(graph, head, stats, policy, tail[0].stage if tail else None, stop)
-    prefetch = graph.prefetch if policy.prefetch is None else policy.prefetch
-    if prefetch > 0:
-        windows = _prefetched(windows, prefetch, stop)
+    if graph.prefetch > 0:
+        windows = _prefetched(windows, graph.prefetch, stop)
     try:
         for window in windows:
             _run_window(window, tail, sink, stats, policy, on_failures, advance)
@@ -640,9 +635,8 @@ def _run_window(
                 cut = undone if cut is None else min(cut, undone)
                 records = [r for r in records if positions[str(r["id"])] < cut]
         else:
-            before = records
             records, failed = _run_stage(node.stage, records)
-            failed = _with_positions(before, failed, positions)
+            failed = _with_positions(failed, positions)
         stats.stage_seconds[node.stage.name] += time.perf_counter() - stage_started
         failures += failed
     if not counted:
