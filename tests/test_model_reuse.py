@@ -68,3 +68,17 @@ def test_a_cli_sweep_loads_each_model_once(tmp_path):
     facts = [json.loads((tmp_path / "sweep" / str(n) / "manifest.json").read_text())["stages"]["model"] for n in range(4)]
     assert [f["dtype"] for f in facts] == ["float32", "float32", "bfloat16", "bfloat16"]
     assert [f["reused"] for f in facts] == [False, True, False, True]
+
+
+@pytest.mark.parametrize("cache", ["off", "on"])
+def test_stages_of_one_run_share_an_identical_pipeline(cache, tmp_path, monkeypatch):
+    """The default job's embedding_classify encodes its labels with the main model's pipeline
+    instead of loading the same model again (with cache=on, whichever needs it first loads it)."""
+    loads = []
+    hold = modelpool.hold
+    monkeypatch.setattr(modelpool, "hold", lambda key, pipe: (loads.append(key), hold(key, pipe)))
+    overrides = ["experiment=support-tickets", "model.id=tiny:feature-extraction", "input.limit=6", "threads=1",
+                 f"cache={cache}", f"cache.path={tmp_path / 'cache.sqlite'}"]
+    result = _run(tmp_path, overrides)
+    assert result.status == "complete" and len(loads) == 1
+    assert len(modelpool._kept) == 1 and modelpool._live == {}  # kept once, for the next run

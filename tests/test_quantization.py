@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from composer import api
+from composer import api, modelpool
 from composer.repro import sha256_tree
 from composer.testing import tiny_model_path
 from conftest import read_jsonl, run_cli, write_jsonl
@@ -265,6 +265,8 @@ def test_device_map_auto_reaches_from_pretrained(data, monkeypatch):
         return original(cls, *args, **kwargs)
 
     monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(spy))
+    # a fresh load, not the identical pipeline another test's stage holds (composer.modelpool)
+    monkeypatch.setattr(modelpool, "take", lambda key: None)
     _, graph = api.plan(_overrides("device-map-auto", data))
     (stage,) = graph.model_stages()
     stage.setup()

@@ -388,6 +388,7 @@ class PipelineStage(Stage):
         self.reused = self.pipe is not None
         if self.pipe is None:
             self.pipe = pipeline(**kwargs)
+            modelpool.hold(self.pool_key, self.pipe)
         self.load_seconds = time.perf_counter() - started
 
     def _model_input(self, record: Record) -> Any:
