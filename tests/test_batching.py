@@ -212,3 +212,21 @@ def test_a_stopped_run_leaves_no_prefetch_thread_behind(tmp_path):
     assert result.status == "aborted"
     assert [t for t in threading.enumerate() if t.name == "composer-prefetch"] == []
     assert [o["text"] for o in result.outputs()] == ["fine"] * 3
+
+
+def test_feature_extraction_tokenizes_each_record_once(tmp_path, monkeypatch):
+    """Found in review: cutting batched feature-extraction output to each record's own tokens
+    tokenized every record a second time on the main thread, though its length was known."""
+    from transformers import FeatureExtractionPipeline
+
+    calls = []
+    original = FeatureExtractionPipeline.preprocess
+    monkeypatch.setattr(FeatureExtractionPipeline, "preprocess", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    texts = [("word " * n).strip() for n in (3, 9, 1, 6, 12, 4, 8, 2)]
+    result = api.run(["experiment=tiny-sentiment", "task=feature-extraction", "model=tiny-feature-extraction", "input=inline",
+                      f"input.records={texts}", "batch_size=4", "threads=1"], run_dir=tmp_path / "run")
+    assert result.status == "complete" and len(calls) == len(texts)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(result.manifest()["stages"]["model"]["model"]["load_from"])
+    assert [len(o["prediction"][0]) for o in result.outputs()] == [len(tokenizer(t)["input_ids"]) for t in texts]

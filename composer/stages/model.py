@@ -42,6 +42,12 @@ SORTED_TASKS = frozenset({
 PREPARED_TASKS = frozenset({"text-classification", "feature-extraction", "fill-mask"})
 
 
+def _token_length(prepared: Any) -> int | None:
+    """The token count of an input the pipeline's preprocess already tokenized, if it has one."""
+    input_ids = prepared.get("input_ids") if hasattr(prepared, "get") else None
+    return int(input_ids.shape[-1]) if input_ids is not None and hasattr(input_ids, "shape") else None
+
+
 class PipelineStage(Stage):
     """Runs a transformers pipeline task over a field (or a mapping of fields) of each record."""
 
@@ -240,9 +246,9 @@ class PipelineStage(Stage):
             except Exception:  # noqa: BLE001 - process() meets it again, in the record's own batch
                 continue
             self._prepared[key] = (value, item)
-            input_ids = item.get("input_ids") if hasattr(item, "get") else None
-            if input_ids is not None and hasattr(input_ids, "shape"):
-                lengths[key] = self._token_counts[key] = int(input_ids.shape[-1])
+            length = _token_length(item)
+            if length is not None:
+                lengths[key] = self._token_counts[key] = length
         missing = [r for r in records if str(r["id"]) not in lengths]
         if missing:
             lengths.update(self.input_lengths(missing))
@@ -396,7 +402,7 @@ class PipelineStage(Stage):
             return {arg: require_field(record, field, self.name) for arg, field in self.input_field.items()}
         return require_field(record, self.input_field, self.name)
 
-    def _as_single_call(self, model_input: Any, output: Any) -> Any:
+    def _as_single_call(self, model_input: Any, output: Any, length: int | None = None) -> Any:
         # TextClassificationPipeline wraps a lone string's result in a list unless top_k is
         # passed at call time (transformers' "legacy" behaviour); list calls do not.
         if self.task == "text-classification" and isinstance(model_input, str) and "top_k" not in self.call_params:
@@ -404,12 +410,13 @@ class PipelineStage(Stage):
         # Batched feature extraction returns hidden states for the padding positions too; a
         # record's embedding must not depend on its batch-mates, so cut it to its own tokens.
         if self.task == "feature-extraction":
-            return self._unpadded(model_input, output)
+            return self._unpadded(model_input, output, length)
         return output
 
-    def _unpadded(self, model_input: Any, output: Any) -> Any:
-        preprocess_params = self.pipe._sanitize_parameters(**{**self.build_params, **self.call_params})[0]
-        length = int(self.pipe.preprocess(model_input, **preprocess_params)["input_ids"].shape[-1])
+    def _unpadded(self, model_input: Any, output: Any, length: int | None) -> Any:
+        """`output` cut to the input's own tokens; `length` is known when it was tokenized ahead."""
+        if length is None:
+            length = int(self.pipe.preprocess(model_input, **self._pipeline_params()[0])["input_ids"].shape[-1])
         left = getattr(self.pipe.tokenizer, "padding_side", "right") == "left"
         return [tokens[len(tokens) - length:] if left else tokens[:length] for tokens in output]
 
@@ -460,13 +467,15 @@ class PipelineStage(Stage):
             # call is unambiguous and is exactly the reference result.
             outputs = [self.pipe(model_input, **self.call_params) for model_input in inputs]
         else:
+            lengths: list[int | None] = [None] * len(inputs)
             if prepared and all(p is not None and p[0] is i for p, i in zip(prepared, inputs)):
                 outputs = self._run_prepared([p[1] for p in prepared])  # tokenized ahead, same loop
+                lengths = [_token_length(p[1]) for p in prepared]
             else:
                 outputs = self.pipe(inputs, batch_size=self.batch_size or len(inputs), **self.call_params)
             if len(outputs) != len(inputs):
                 raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(inputs)} inputs")
-            outputs = [self._as_single_call(i, o) for i, o in zip(inputs, outputs)]
+            outputs = [self._as_single_call(i, o, n) for i, o, n in zip(inputs, outputs, lengths)]
         self.batch_seconds.append(time.perf_counter() - started)
         return [to_jsonable(output) for output in outputs]
 
