@@ -139,12 +139,11 @@ def _shows_progress(enabled: bool | None) -> bool:
     return Console(stderr=True).is_terminal if enabled is None else enabled
 
 
-def _progress(enabled: bool | None, total: int | None):
+def _progress(show: bool, total: int | None):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
-    show = _shows_progress(enabled)
     columns = [TextColumn("[bold]records"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
     progress = Progress(*columns, console=console, disable=not show, transient=False)
@@ -286,14 +285,15 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
     wall_started = time.perf_counter()
     try:
         _reset_peak_memory()
-        seed_everything(config["seed"], config.get("deterministic", False))
-        manifest["deterministic"] = bool(config.get("deterministic", False))
+        deterministic, show_progress = bool(config.get("deterministic", False)), _shows_progress(config["progress"])
+        seed_everything(config["seed"], deterministic)
+        manifest["deterministic"] = deterministic
         manifest["threads"] = set_threads(config["threads"])
         manifest["device"] = _device_facts()
         # Without our bar, transformers' own "Loading weights" bars would fill the logs.
         from transformers.utils import logging as transformers_logging
 
-        if _shows_progress(config["progress"]):
+        if show_progress:
             transformers_logging.enable_progress_bar()
         else:
             transformers_logging.disable_progress_bar()
@@ -305,9 +305,9 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
         attempt["setup_seconds"] = time.perf_counter() - setup_started
         # Again after setup: a model loaded fresh may have drawn random numbers, one reused from
         # an earlier run in this process (composer.modelpool) did not; sampling must not care.
-        seed_everything(config["seed"], config.get("deterministic", False))
+        seed_everything(config["seed"], deterministic)
         total = graph.source.total()
-        progress, task_id = _progress(config["progress"], None if total is None else max(total - len(skip_ids), 0))
+        progress, task_id = _progress(show_progress, None if total is None else max(total - len(skip_ids), 0))
         with progress, _StopRequests() as stop:
             def advance(n: int) -> None:
                 done = progress.tasks[0].completed + n

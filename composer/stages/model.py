@@ -111,7 +111,7 @@ class PipelineStage(Stage):
 
     def check(self) -> list:
         """Deep checks that need transformers but no weights: task parameters, quantization, model."""
-        from composer.runtime import ModelUnavailable, check_quantization_backend, resolve_model
+        from composer.runtime import ModelUnavailable, check_quantization_backend
         from composer.schema import ConfigIssue
         from composer.taskparams import check_task_params
 
@@ -119,7 +119,7 @@ class PipelineStage(Stage):
         issues = check_task_params(self.task, self.build_params, self.call_params, (f"{prefix}pipeline", f"{prefix}call"))
         issues += check_quantization_backend(self.quantization, f"{prefix}quantization")
         try:
-            self.resolved = resolve_model(self.model_config["id"], self.model_config["revision"], self.task, self.model_config.get("fallback"))
+            self._resolved_model()
         except ModelUnavailable as error:
             issues.append(ConfigIssue(f"{prefix}model.id", str(error)))
         if self.resolved is not None and not self.model_config.get("allow_pickle"):
@@ -171,8 +171,7 @@ class PipelineStage(Stage):
         if self.resolved is None:
             return None
         try:
-            return AutoTokenizer.from_pretrained(self.model_config["tokenizer"] or self.resolved.load_from,
-                                                 revision=self.resolved.revision if self.resolved.source == "hub" else None)
+            return AutoTokenizer.from_pretrained(self.model_config["tokenizer"] or self.resolved.load_from, **self._revision_kwargs())
         except Exception:  # noqa: BLE001 - no tokenizer: a character count stands in for lengths
             return None
 
@@ -346,6 +345,19 @@ class PipelineStage(Stage):
         self.batch_choice = {"requested": "auto", "chosen": chosen, "method": "cuda: accelerate find_executable_batch_size", "tried": tried}
         return chosen
 
+    def _resolved_model(self) -> Any:
+        """Where the model comes from (provisioned, local, cached or the Hub), found without
+        loading it, once: deep checks, loading and the feature-extractor lookup all need it."""
+        from composer.runtime import resolve_model
+
+        if self.resolved is None:
+            self.resolved = resolve_model(self.model_config["id"], self.model_config["revision"], self.task, self.model_config.get("fallback"))
+        return self.resolved
+
+    def _revision_kwargs(self) -> dict[str, Any]:
+        """from_pretrained's `revision` for a hub model; a local or provisioned folder has none."""
+        return {"revision": self.resolved.revision} if self.resolved.source == "hub" else {}
+
     def _key_prefix(self) -> str:
         return "" if self.name == "model" else f"stages.{self.name}."
 
@@ -360,10 +372,9 @@ class PipelineStage(Stage):
     def _load(self) -> None:
         from transformers import pipeline
 
-        from composer.runtime import build_quantization, resolve_model, torch_dtype
+        from composer.runtime import build_quantization, torch_dtype
 
-        if self.resolved is None:
-            self.resolved = resolve_model(self.model_config["id"], self.model_config["revision"], self.task, self.model_config.get("fallback"))
+        self._resolved_model()
         self.quantization_object = build_quantization(self.quantization)
         model_kwargs = dict(self.model_config["model_kwargs"] or {})
         if not self.model_config.get("allow_pickle"):
@@ -379,8 +390,7 @@ class PipelineStage(Stage):
             "model_kwargs": model_kwargs,
             **self.build_params,
         }
-        if self.resolved.source == "hub":
-            kwargs["revision"] = self.resolved.revision
+        kwargs.update(self._revision_kwargs())
         for key in ("device", "device_map", "tokenizer"):
             if self.model_config[key] is not None:
                 kwargs[key] = self.model_config[key]
@@ -501,12 +511,7 @@ class PipelineStage(Stage):
         if extractor is None and self.pipe is None:
             from transformers import AutoFeatureExtractor
 
-            from composer.runtime import resolve_model
-
-            if self.resolved is None:
-                self.resolved = resolve_model(self.model_config["id"], self.model_config["revision"], self.task, self.model_config.get("fallback"))
-            revision = {"revision": self.resolved.revision} if self.resolved.source == "hub" else {}
-            extractor = AutoFeatureExtractor.from_pretrained(self.resolved.load_from, **revision)
+            extractor = AutoFeatureExtractor.from_pretrained(self._resolved_model().load_from, **self._revision_kwargs())
         return getattr(extractor, "sampling_rate", None)
 
     def describe(self) -> dict[str, Any]:
