@@ -99,18 +99,41 @@ def windows_sorted(lengths: list[int], window: int) -> list[list[int]]:
     return order
 
 
-def hand_loop(model, tokenizer, texts: list[str], batch_size: int, order: list[int]) -> list[dict]:
+def hand_loop(model, tokenizer, texts: list[str], batch_size: int, order: list[int], workers: int = 1) -> list[dict]:
+    """Tokenizer + model over `order` in batches; with workers > 1 the batches run side by side
+    on that many threads (one intra-op thread each, each thread with its own tokenizer copy),
+    the split composer's workers=auto makes."""
+    import copy
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     results: list[dict] = [None] * len(texts)  # type: ignore[list-item]
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            indices = order[start:start + batch_size]
-            encoded = tokenizer([texts[i] for i in indices], padding=True, truncation=True, return_tensors="pt")
+    own = threading.local()
+
+    def run(indices: list[int]) -> None:
+        if workers > 1 and not hasattr(own, "tokenizer"):
+            own.tokenizer = copy.deepcopy(tokenizer)
+        with torch.inference_mode():
+            encoded = getattr(own, "tokenizer", tokenizer)([texts[i] for i in indices], padding=True, truncation=True, return_tensors="pt")
             probs = model(**encoded).logits.softmax(-1)
-            for i, row in zip(indices, probs.tolist()):
-                best = max(range(len(row)), key=row.__getitem__)
-                results[i] = {"label": model.config.id2label[best], "score": row[best]}
+        for i, row in zip(indices, probs.tolist()):
+            best = max(range(len(row)), key=row.__getitem__)
+            results[i] = {"label": model.config.id2label[best], "score": row[best]}
+
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    if workers <= 1:
+        for batch in batches:
+            run(batch)
+        return results
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, batches))
+    finally:
+        torch.set_num_threads(threads)
     return results
 
 
@@ -161,7 +184,9 @@ def bench_model(name: str, n: int, repeats: int, threads: int, work: Path, only:
         "pipeline() bs=32": lambda: timed(lambda: pipe(texts, batch_size=32)),
         "hand loop bs=8 unsorted": lambda: timed(lambda: hand_loop(model, tokenizer, texts, 8, list(range(n)))),
         "hand loop bs=8 sorted (composer's batches)": lambda: timed(lambda: hand_loop(model, tokenizer, texts, 8, sorted_order)),
+        f"hand loop bs=8 sorted, {threads} workers x 1 thread": lambda: timed(lambda: hand_loop(model, tokenizer, texts, 8, sorted_order, threads)),
         "composer defaults": lambda: composer_run(folder, data, work, threads, [])[:2],
+        "composer workers=1 (one batch at a time)": lambda: composer_run(folder, data, work, threads, ["workers=1"])[:2],
         "composer sort_window=0 (unsorted)": lambda: composer_run(folder, data, work, threads, ["sort_window=0"])[:2],
         "composer prefetch=0": lambda: composer_run(folder, data, work, threads, ["prefetch=0"])[:2],
         "composer batch_size=32": lambda: composer_run(folder, data, work, threads, ["batch_size=32"])[:2],
@@ -175,6 +200,7 @@ def bench_model(name: str, n: int, repeats: int, threads: int, work: Path, only:
     rss: dict[str, float] = {}
     for repeat in range(repeats):
         for label, fn in variants.items():
+            torch.set_num_threads(threads)  # a composer run leaves its own intra-op split behind
             rate, out = fn()
             rates[label].append(rate)
             outputs.setdefault(label, [dict(o) for o in out])
@@ -251,7 +277,8 @@ def streaming_rss(counts: list[int], work: Path) -> dict[int, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer texts and repeats (minutes, noisier)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for every variant (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads every variant may use (default: torch's, one per core)")
     parser.add_argument("--models", default="small-256x4,bert-base")
     parser.add_argument("--skip-streaming", action="store_true")
     parser.add_argument("--n", type=int, default=None, help="texts per model (overrides the mode's)")
@@ -261,6 +288,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="folder for models, data and runs (default: a temp folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    if args.threads is None:
+        import torch
+
+        args.threads = torch.get_num_threads()
     work = args.work or Path(tempfile.mkdtemp(prefix="composer-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     sizes = {"bert-base": (96, 1), "small-256x4": (512, 3)} if args.quick else {"bert-base": (512, 3), "small-256x4": (2048, 3)}

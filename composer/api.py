@@ -254,7 +254,7 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
     an uninterrupted run's.
     """
     from composer.repro import seed_everything
-    from composer.runtime import set_threads
+    from composer.runtime import split_threads
 
     graph = plan_graph(config, run_dir=str(run_dir))
     deep_check(graph)
@@ -288,7 +288,6 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
         deterministic, show_progress = bool(config.get("deterministic", False)), _shows_progress(config["progress"])
         seed_everything(config["seed"], deterministic)
         manifest["deterministic"] = deterministic
-        manifest["threads"] = set_threads(config["threads"])
         manifest["device"] = _device_facts()
         # Without our bar, transformers' own "Loading weights" bars would fill the logs.
         from transformers.utils import logging as transformers_logging
@@ -303,6 +302,8 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
             if skip_ids and stage.restores_state:
                 stage.restore(runstore.iter_jsonl(run_dir / runstore.OUTPUTS))
         attempt["setup_seconds"] = time.perf_counter() - setup_started
+        # After setup: whether batches may run side by side depends on where the model loaded.
+        manifest["threads"] = split_threads(config["threads"], config["workers"], graph.model_stages())
         # Again after setup: a model loaded fresh may have drawn random numbers, one reused from
         # an earlier run in this process (composer.modelpool) did not; sampling must not care.
         seed_everything(config["seed"], deterministic)

@@ -19,6 +19,7 @@ import json
 import os
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +47,9 @@ class ResultCache:
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path else default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        # One connection for the run, used by its model worker threads one at a time (the lock).
+        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
         self._retry(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._retry(lambda: self._db.execute(
@@ -56,7 +59,8 @@ class ResultCache:
     def _retry(self, operation: Callable[[], T]) -> T:
         for attempt in range(_RETRIES):
             try:
-                return operation()
+                with self._lock:
+                    return operation()
             except sqlite3.OperationalError as error:
                 if "locked" not in str(error) and "busy" not in str(error) or attempt == _RETRIES - 1:
                     raise
@@ -93,7 +97,7 @@ class ResultCache:
 
     def clear(self) -> int:
         removed = self._retry(lambda: self._db.execute("DELETE FROM results").rowcount)
-        self._db.execute("VACUUM")
+        self._retry(lambda: self._db.execute("VACUUM"))
         return removed
 
     def close(self) -> None:

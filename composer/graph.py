@@ -15,6 +15,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,6 +245,7 @@ def plan(config: dict, run_dir: str | None = None) -> Graph:
                 issues.append(ConfigIssue(f"{path}.inputs", f"name the stages it reads from, e.g. inputs: [{SOURCE}]"))
             nodes.append(node)
     issues += _check_edges(nodes, failed)
+    issues += _check_workers(config.get("workers", "auto"), nodes)
     by_name = {node.stage.name: node.stage for node in nodes}
     issues += [ConfigIssue(f"{node.path}.{i.path}", i.message) for node in nodes for i in node.stage.bind(by_name)]
     if issues:
@@ -281,6 +283,20 @@ def window_size(config: dict, stages: list[Stage]) -> int:
     if sort_window == "auto":
         return -(-max(DEFAULT_SORT_WINDOW, batch) // batch) * batch
     return max(int(sort_window), 1)
+
+
+def _check_workers(workers: Any, nodes: list[Node]) -> list[ConfigIssue]:
+    """workers > 1 only where batches may run side by side (CONCURRENT_TASKS): elsewhere an
+    output could change with the order batches finish in, e.g. sampled generation."""
+    from composer.stages.model import CONCURRENT_TASKS
+
+    if not isinstance(workers, int) or workers <= 1:
+        return []
+    return [
+        ConfigIssue("workers", f"stage {n.stage.name!r} ({n.stage.task}) runs one batch at a time, so workers must be 1 or auto; "
+                    f"workers > 1 is for {', '.join(sorted(CONCURRENT_TASKS))}")
+        for n in nodes if n.stage.kind == "model" and getattr(n.stage, "task", None) not in CONCURRENT_TASKS
+    ]
 
 
 def _check_edges(nodes: list[Node], failed: set[str]) -> list[ConfigIssue]:
@@ -534,32 +550,59 @@ def _run_batched(
     lengths: dict[str, int] | None,
     halt: Callable[[int], bool],
     on_batch: Callable[[int], None],
+    workers: ThreadPoolExecutor | None = None,
 ) -> tuple[list[Record], list[tuple[int, RecordFailure]], int | None]:
     """Run a model stage over a window in the batches it plans (length-sorted, under a token
     budget), each batch with per-record error isolation; survivors come back in input order.
+    With `workers`, up to the stage's `concurrent_batches` batches run at once, each on a
+    worker thread (torch releases the GIL in the forward pass).
 
-    After each batch `halt(failures so far)` may stop the window early: the third value is
-    then the input position of the first record left undone (None when all were run)."""
+    After each batch `halt(failures so far)` may stop the window early: batches already running
+    finish, and the third value is the input position of the first record left undone (None
+    when all were run)."""
     plan = stage.plan_batches(records, lengths)  # type: ignore[attr-defined]
     done = [False] * len(records)
     kept_ids: set[str] = set()
     failures: list[tuple[int, RecordFailure]] = []
-    try:
-        for indices in plan:
-            batch = [records[i] for i in indices]
-            kept, failed = _run_stage(stage, batch)
+    running: dict[Future, list[int]] = {}
+
+    def collect(finished: set[Future]) -> None:
+        for future in finished:
+            indices = running.pop(future)
+            kept, failed = future.result()
             kept_ids.update(str(r["id"]) for r in kept)
-            failures += _with_positions(failed, positions)
+            failures.extend(_with_positions(failed, positions))
             for i in indices:
                 done[i] = True
             on_batch(len(indices))
+
+    halted = False
+    try:
+        for indices in plan:
+            batch = [records[i] for i in indices]
+            width = getattr(stage, "concurrent_batches", 1) if workers is not None else 1
+            if width > 1:
+                running[workers.submit(_run_stage, stage, batch)] = indices  # type: ignore[union-attr]
+            else:
+                future: Future = Future()
+                future.set_result(_run_stage(stage, batch))
+                running[future] = indices
+            while len(running) >= width:
+                collect(wait(running, return_when=FIRST_COMPLETED).done)
             if not all(done) and halt(len(failures)):
-                undone = min(positions[str(records[i]["id"])] for i, finished in enumerate(done) if not finished)
-                return [r for r in records if str(r["id"]) in kept_ids], failures, undone
+                halted = True
+                break
+        collect(wait(running).done)
     finally:
+        for future in running:
+            future.cancel()
+        wait(running)  # no stage code runs once the run moves on (or closes its stages)
         close = getattr(plan, "close", None)
         if close is not None:
             close()
+    if halted and not all(done):
+        undone = min(positions[str(records[i]["id"])] for i, finished in enumerate(done) if not finished)
+        return [r for r in records if str(r["id"]) in kept_ids], failures, undone
     # Outputs of a stage that returns new dicts are found by id, in input order.
     kept_by_id = {str(r["id"]): r for r in records if str(r["id"]) in kept_ids}
     return list(kept_by_id.values()), failures, None
@@ -582,13 +625,17 @@ def _execute_batches(
     windows = _read_windows(graph, head, stats, policy, tail[0].stage if tail else None, stop)
     if graph.prefetch > 0:
         windows = _prefetched(windows, graph.prefetch, stop)
+    width = max((getattr(node.stage, "workers", 1) for node in tail), default=1)
+    workers = ThreadPoolExecutor(width, thread_name_prefix="composer-model") if width > 1 else None
     try:
         for window in windows:
-            _run_window(window, tail, sink, stats, policy, on_failures, advance)
+            _run_window(window, tail, sink, stats, policy, on_failures, advance, workers)
     finally:
         close = getattr(windows, "close", None)
         if close is not None:
             close()
+        if workers is not None:
+            workers.shutdown(wait=True)
 
 
 def _errors_so_far(policy: ExecutionPolicy, stats: ExecutionStats, pending: int) -> int:
@@ -603,6 +650,7 @@ def _run_window(
     policy: ExecutionPolicy,
     on_failures: Callable[[list[RecordFailure]], None],
     advance: Callable[[int], None],
+    workers: ThreadPoolExecutor | None = None,
 ) -> None:
     records, failures, positions = window.records, list(window.failures), window.positions
     stats.records_in += window.size
@@ -629,7 +677,7 @@ def _run_window(
             break
         stage_started = time.perf_counter()
         if hasattr(node.stage, "plan_batches"):
-            records, failed, undone = _run_batched(node.stage, records, positions, window.lengths.get(node.stage.name), halt, on_batch)
+            records, failed, undone = _run_batched(node.stage, records, positions, window.lengths.get(node.stage.name), halt, on_batch, workers)
             counted = True  # progress and batch counts follow the first model stage
             if undone is not None:
                 cut = undone if cut is None else min(cut, undone)

@@ -45,12 +45,35 @@ def to_jsonable(value: Any) -> Any:
     if hasattr(value, "__json__"):  # values that summarise themselves (decoded audio: no million floats)
         return to_jsonable(value.__json__())
     if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
-        return to_jsonable(value.tolist())
+        plain = _finite_numbers(value)
+        return plain if plain is not None else to_jsonable(value.tolist())
     if hasattr(value, "item"):
         return to_jsonable(value.item())
     if type(value).__module__.startswith("PIL.") and hasattr(value, "tobytes"):
         return image_summary(value)
     return str(value)
+
+
+def _finite_numbers(array: Any) -> list | None:
+    """A real-valued numpy array or torch tensor with no NaN/inf as nested lists, in one C call:
+    walking its items one by one (token embeddings: a million floats a batch) would cost far
+    more than the model. None for anything else (the caller walks it)."""
+    dtype = getattr(array, "dtype", None)
+    if dtype is None or getattr(array, "ndim", 0) == 0:
+        return None
+    if hasattr(dtype, "is_complex"):  # torch
+        if dtype.is_complex or not bool(array.isfinite().all()):
+            return None
+        return array.tolist()
+    kind = getattr(dtype, "kind", "")
+    if kind not in "biuf" or not kind:
+        return None
+    if kind == "f":
+        import numpy as np
+
+        if not np.isfinite(array).all():
+            return None
+    return array.tolist()
 
 
 def image_summary(image: Any) -> dict[str, Any]:

@@ -118,7 +118,10 @@ class ComposerConfig:
     sort_window: int | Literal["auto"] = "auto"
     max_batch_tokens: int | None = None  # cap on padded tokens (longest x count) per batch
     prefetch: int = 1  # windows read and preprocessed ahead in a background thread (0: none)
-    threads: int | None = None
+    threads: int | None = None  # CPU threads for the run (None: torch's default, one per core)
+    # Model batches run side by side on CPU, splitting `threads` (auto: one per thread when every
+    # model stage allows it; see runtime.split_threads).
+    workers: int | Literal["auto"] = "auto"
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms: fail rather than vary
     on_error: Literal["skip", "fail"] = "skip"
@@ -326,7 +329,7 @@ def validate(config: dict) -> list[ConfigIssue]:
     issues += _check_name(config.get("name"))
     if isinstance(config.get("task"), str) or config.get("task") is None:
         issues += check_task(config.get("task"))
-    for key in ("batch_size", "threads", "max_errors"):
+    for key in ("batch_size", "threads", "workers", "max_errors"):
         value = config.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value < 1:
             issues.append(ConfigIssue(key, f"{key} must be >= 1, got {value}"))

@@ -66,7 +66,8 @@ def test_manifest_fields(demo_run):
     assert manifest["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=demo_run.parent, capture_output=True, text=True).stdout.strip()
     assert manifest["git"] == {"commit": head, "dirty": False}
-    assert manifest["seed"] == 0 and manifest["threads"] == 1
+    assert manifest["seed"] == 0
+    assert manifest["threads"] == {"threads": 1, "workers": 1, "requested_workers": "auto", "intra_op_threads": 1}
     assert manifest["device"]["cuda_available"] is False
     assert manifest["input"] == {
         "kind": "file", "path": str(DEMO), "sha256": hashlib.sha256(DEMO.read_bytes()).hexdigest(), "bytes": DEMO.stat().st_size,

@@ -7,6 +7,7 @@ shape difference transformers has between single and list calls is mirrored.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,11 @@ SORTED_TASKS = frozenset({
     "text-classification", "token-classification", "feature-extraction", "fill-mask",
     "zero-shot-classification", "question-answering",
 })
+
+
+# Tasks whose batches may run side by side on threads sharing one model (workers > 1): a
+# record's output depends neither on its batch-mates nor on random numbers drawn in call order.
+CONCURRENT_TASKS = SORTED_TASKS | {"image-classification", "audio-classification"}
 
 
 # Tasks whose pipeline `__call__` hands a list of inputs straight to the generic loop, so their
@@ -78,6 +84,12 @@ class PipelineStage(Stage):
         )
         self.task, self.model_config, self.quantization = task, model, quantization
         self.build_params, self.call_params = dict(pipeline or {}), dict(call or {})
+        # What each pipeline call gets. Feature extraction hands back tensors rather than the
+        # nested lists it would build: the same numbers, made JSON in one C call (records.py)
+        # instead of a Python walk over every float, which cost more than the model.
+        self.call_kwargs = dict(self.call_params)
+        if task == "feature-extraction":
+            self.call_kwargs.setdefault("return_tensors", True)
         self.input_field, self.output_field = input_field, output_field
         # Batching never changes outputs, so none of it is in the params (the fingerprint):
         # batch_size=auto is chosen on the first window (self.batch_size stays None till then).
@@ -95,7 +107,6 @@ class PipelineStage(Stage):
         self._counts_tokens = False
         self.input_tokens = 0
         self._preparer: Any = None
-        self._runner: Any = None
         self.reads = tuple(input_field.values()) if isinstance(input_field, dict) else (input_field,)
         self.writes = (output_field,)
         self.pipe: Any = None
@@ -108,6 +119,11 @@ class PipelineStage(Stage):
         self.cache_hits = self.cache_misses = 0
         self.pool_key: str | None = None
         self.reused = False
+        # Batches run side by side (runtime.split_threads sets it); each worker thread calls its
+        # own shallow copy of the pipeline (own tokenizer), the model's weights are shared.
+        self.workers = 1
+        self._per_thread = threading.local()
+        self._lock = threading.Lock()  # loading on a first cache miss, and the counters
 
     def check(self) -> list:
         """Deep checks that need transformers but no weights: task parameters, quantization, model."""
@@ -255,32 +271,47 @@ class PipelineStage(Stage):
 
     def _pipeline_params(self) -> tuple[dict, dict, dict]:
         """The preprocess/forward/postprocess parameters `pipe(inputs, **call)` would use."""
-        pre, forward, post = self.pipe._sanitize_parameters(**self.call_params)
+        pre, forward, post = self.pipe._sanitize_parameters(**self.call_kwargs)
         pipe = self.pipe
         return {**pipe._preprocess_params, **pre}, {**pipe._forward_params, **forward}, {**pipe._postprocess_params, **post}
 
-    def _make_preparer(self) -> Any:
+    def _pipe_copy(self) -> Any:
+        """A shallow copy of the pipeline with its own tokenizer, for another thread: a tokenizer
+        shared between threads fails ("Already borrowed") when both change its padding or
+        truncation state. The model, and so its weights, stay shared."""
         import copy
 
-        # A shallow copy of the pipeline with its own tokenizer: a tokenizer shared between
-        # threads fails ("Already borrowed") when both change its padding/truncation state.
         clone = copy.copy(self.pipe)
-        clone.tokenizer = copy.deepcopy(self.pipe.tokenizer)
+        if getattr(self.pipe, "tokenizer", None) is not None:
+            clone.tokenizer = copy.deepcopy(self.pipe.tokenizer)
+        return clone
+
+    def _make_preparer(self) -> Any:
+        clone = self._pipe_copy()
         params = self._pipeline_params()[0]
         self._preparer = lambda value: clone.preprocess(value, **params)
         return self._preparer
 
+    def _thread_pipe(self) -> Any:
+        """The pipeline this thread calls: the stage's own with one worker, else a per-thread copy."""
+        if self.workers <= 1:
+            return self.pipe
+        pipe = getattr(self._per_thread, "pipe", None)
+        if pipe is None:
+            pipe = self._per_thread.pipe = self._pipe_copy()
+        return pipe
+
     def _run_prepared(self, items: list[Any]) -> list[Any]:
         """`pipe(inputs, batch_size=...)` for inputs already preprocessed: the pipeline's own
         iterator (collate, forward, unbatch, postprocess) with preprocess as the identity."""
-        if self._runner is None:
+        runner = getattr(self._per_thread, "runner", None)
+        if runner is None:
             import copy
 
-            runner = copy.copy(self.pipe)
+            runner = self._per_thread.runner = copy.copy(self._thread_pipe())
             runner.preprocess = lambda item, **_: item
-            self._runner = runner
         _, forward, post = self._pipeline_params()
-        return list(self._runner.get_iterator(items, 0, self.batch_size or len(items), {}, forward, post))
+        return list(runner.get_iterator(items, 0, self.batch_size or len(items), {}, forward, post))
 
     PROBE_SIZES = (4, 8, 16, 32, 64)
 
@@ -338,7 +369,7 @@ class PipelineStage(Stage):
         @find_executable_batch_size(starting_batch_size=256)
         def attempt(batch_size: int) -> int:
             tried.append(batch_size)
-            self.pipe([longest] * batch_size, batch_size=batch_size, **self.call_params)
+            self.pipe([longest] * batch_size, batch_size=batch_size, **self.call_kwargs)
             return batch_size
 
         chosen = attempt()
@@ -426,7 +457,7 @@ class PipelineStage(Stage):
     def _unpadded(self, model_input: Any, output: Any, length: int | None) -> Any:
         """`output` cut to the input's own tokens; `length` is known when it was tokenized ahead."""
         if length is None:
-            length = int(self.pipe.preprocess(model_input, **self._pipeline_params()[0])["input_ids"].shape[-1])
+            length = int(self._thread_pipe().preprocess(model_input, **self._pipeline_params()[0])["input_ids"].shape[-1])
         left = getattr(self.pipe.tokenizer, "padding_side", "right") == "left"
         return [tokens[len(tokens) - length:] if left else tokens[:length] for tokens in output]
 
@@ -437,7 +468,9 @@ class PipelineStage(Stage):
         missing = [record for record in records if str(record["id"]) not in self._token_counts]
         if missing:
             self.input_lengths(missing)
-        self.input_tokens += sum(self._token_counts.pop(str(record["id"]), 0) for record in records)
+        counted = sum(self._token_counts.pop(str(record["id"]), 0) for record in records)
+        with self._lock:
+            self.input_tokens += counted
 
     def process(self, records: list[Record]) -> list[Record]:
         prepared = [self._prepared.pop(str(record["id"]), None) for record in records] if self._prepared else None
@@ -459,30 +492,33 @@ class PipelineStage(Stage):
         found = self.cache.get_many(keys)
         todo = [index for index, key in enumerate(keys) if key not in found]
         if todo:
-            if self.pipe is None:
-                self._load()
+            with self._lock:  # two workers missing at once load the model once
+                if self.pipe is None:
+                    self._load()
             fresh = self._predict([inputs[index] for index in todo])
             self.cache.put_many({keys[index]: output for index, output in zip(todo, fresh)})
             found.update({keys[index]: output for index, output in zip(todo, fresh)})
         # Counted once the batch succeeded: a failed batch is retried record by record.
-        self.cache_hits += len(keys) - len(todo)
-        self.cache_misses += len(todo)
+        with self._lock:
+            self.cache_hits += len(keys) - len(todo)
+            self.cache_misses += len(todo)
         return [found[key] for key in keys]
 
     def _predict(self, inputs: list[Any], prepared: list[Any] | None = None) -> list[Any]:
         """Outputs for these inputs, each equal to the pipeline's single-input result (JSON-clean)."""
         started = time.perf_counter()
+        pipe = self._thread_pipe()
         if len(inputs) == 1 or self._padding_changes_outputs():
             # A one-item list comes back unwrapped from some pipelines (fill-mask); a single
             # call is unambiguous and is exactly the reference result.
-            outputs = [self.pipe(model_input, **self.call_params) for model_input in inputs]
+            outputs = [pipe(model_input, **self.call_kwargs) for model_input in inputs]
         else:
             lengths: list[int | None] = [None] * len(inputs)
             if prepared and all(p is not None and p[0] is i for p, i in zip(prepared, inputs)):
                 outputs = self._run_prepared([p[1] for p in prepared])  # tokenized ahead, same loop
                 lengths = [_token_length(p[1]) for p in prepared]
             else:
-                outputs = self.pipe(inputs, batch_size=self.batch_size or len(inputs), **self.call_params)
+                outputs = pipe(inputs, batch_size=self.batch_size or len(inputs), **self.call_kwargs)
             if len(outputs) != len(inputs):
                 raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(inputs)} inputs")
             outputs = [self._as_single_call(i, o, n) for i, o, n in zip(inputs, outputs, lengths)]
@@ -500,6 +536,35 @@ class PipelineStage(Stage):
             and getattr(extractor, "return_attention_mask", True) is False
             and getattr(extractor, "n_samples", None) is None
         )
+
+    def concurrency_blocker(self) -> str | None:
+        """Why this stage's batches must run one at a time, or None when workers may share it."""
+        if self.task not in CONCURRENT_TASKS:
+            return f"{self.task} outputs may depend on batch-mates or on the order random numbers are drawn"
+        if self.quantization.get("backend", "none") != "none":
+            return "quantized weights"
+        if self.model_config["device_map"] is not None:
+            return "device_map spreads the model over devices"
+        device = str(self.pipe.device) if self.pipe is not None else self._configured_device()
+        return None if device == "cpu" else f"the model runs on {device}; one batch at a time keeps the accelerator busy"
+
+    def _configured_device(self) -> str:
+        """Where pipeline() will put the model (it is not loaded yet when the result cache is on):
+        the configured device, or, as pipeline() does without one, cuda:0 when CUDA is there."""
+        import torch
+
+        device = self.model_config["device"]
+        if device is None:
+            return "cuda:0" if torch.cuda.is_available() else "cpu"
+        if isinstance(device, int):
+            return "cpu" if device < 0 else f"cuda:{device}"
+        return str(device)
+
+    @property
+    def concurrent_batches(self) -> int:
+        """Batches the graph may run at once now: one while batch_size=auto still measures (its
+        timings need one batch at a time), else `workers`."""
+        return 1 if self.batch_size is None else self.workers
 
     def feature_sampling_rate(self) -> int | None:
         """The audio rate the model's feature extractor expects (audio stages resample to it).
@@ -527,7 +592,7 @@ class PipelineStage(Stage):
             "loaded": self.load_seconds is not None,
             "reused": self.reused,  # taken from an earlier run in this process (composer.modelpool)
             "batching": {
-                "batch_size": self.batch_size, "requested_batch_size": self.requested_batch_size,
+                "batch_size": self.batch_size, "requested_batch_size": self.requested_batch_size, "workers": self.workers,
                 "sort_by_length": self.sorts_by_length, "max_batch_tokens": self.max_batch_tokens,
                 **({"auto": self.batch_choice} if self.batch_choice else {}),
             },
@@ -564,7 +629,8 @@ class PipelineStage(Stage):
     def close(self) -> None:
         self._prepared.clear()
         self._token_counts.clear()  # records that failed were measured but never counted
-        self._preparer = self._runner = None
+        self._preparer = None
+        self._per_thread = threading.local()
         if self.pipe is not None and self.pool_key is not None:
             modelpool.release(self.pool_key, self.pipe)
         self.pipe = None

@@ -1,0 +1,140 @@
+"""Model batches side by side (issue 6, `workers`): threads sharing one model, outputs unchanged.
+
+Each run here asks for 2 workers explicitly (tests pin torch to one thread, so workers=auto
+would pick 1), and checks that batches really ran on two threads.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from composer import api
+from composer.schema import ConfigError
+from composer.stages.model import PipelineStage
+from conftest import assert_close, write_jsonl
+
+WORDS = "the battery lasts for days but support never answered my emails about the broken screen".split()
+TEXTS = [" ".join(WORDS[(i + k) % len(WORDS)] for k in range(1 + (i * 17) % 40)) for i in range(40)]
+
+
+@pytest.fixture
+def model_threads(monkeypatch) -> set[str]:
+    """Names of the threads PipelineStage._predict ran on during a test."""
+    seen: set[str] = set()
+    original = PipelineStage._predict
+
+    def spy(self, inputs, prepared=None):
+        seen.add(threading.current_thread().name)
+        return original(self, inputs, prepared)
+
+    monkeypatch.setattr(PipelineStage, "_predict", spy)
+    return seen
+
+
+def _run(tmp_path, name: str, task: str, *overrides: str) -> api.RunResult:
+    texts = [t + " [MASK]" for t in TEXTS] if task == "fill-mask" else TEXTS
+    data = tmp_path / "input.jsonl"
+    if not data.exists():
+        write_jsonl(data, [{"n": i, "text": t} for i, t in enumerate(texts)])
+    result = api.run(["experiment=tiny-sentiment", f"task={task}", f"model=tiny-{task}", "input=jsonl", f"input.path={data}",
+                      "input.id_field=n", "progress=false", "batch_size=4", *overrides], run_dir=tmp_path / name)
+    assert result.status == "complete", result.manifest().get("error")
+    return result
+
+
+def _assert_same(expected: list[dict], actual: list[dict], where: str) -> None:
+    assert [o["id"] for o in actual] == [o["id"] for o in expected] == [str(i) for i in range(len(TEXTS))]
+    for a, b in zip(expected, actual):
+        assert_close(b["prediction"], a["prediction"], tol=1e-4, where=f"{where} {a['id']}")
+
+
+@pytest.mark.parametrize("task", ["text-classification", "token-classification", "feature-extraction", "fill-mask"])
+def test_two_workers_give_the_one_worker_outputs_in_input_order(task, tmp_path, model_threads):
+    one = _run(tmp_path, "one", task, "threads=1", "workers=1")
+    assert model_threads == {"MainThread"}
+    model_threads.clear()
+    two = _run(tmp_path, "two", task, "threads=2", "workers=2")
+    assert len({name for name in model_threads if name.startswith("composer-model")}) == 2  # really side by side
+    _assert_same(one.outputs(), two.outputs(), f"{task} workers=2")
+    split = two.manifest()["threads"]
+    assert split == {"threads": 2, "workers": 2, "requested_workers": 2, "intra_op_threads": 1}
+    assert two.manifest()["stages"]["model"]["batching"]["workers"] == 2
+    assert [t for t in threading.enumerate() if t.name.startswith("composer-model")] == []  # none outlive the run
+
+
+def test_workers_auto_takes_one_per_thread_where_batches_may_run_side_by_side(tmp_path):
+    split = _run(tmp_path, "auto", "text-classification", "threads=2").manifest()["threads"]
+    assert split["requested_workers"] == "auto" and split["workers"] == 2 and split["intra_op_threads"] == 1
+
+
+def test_workers_auto_keeps_generation_to_one_batch_at_a_time(tmp_path):
+    result = api.run(["experiment=tiny-sentiment", "task=text-generation", "model=tiny-text-generation", "input=inline",
+                      "input.records=[hello there, a short prompt]", "call.max_new_tokens=2", "threads=2", "progress=false"],
+                     run_dir=tmp_path / "gen")
+    assert result.status == "complete", result.manifest().get("error")
+    split = result.manifest()["threads"]
+    assert split["workers"] == 1 and split["intra_op_threads"] == 2
+    assert "text-generation" in split["one_worker_because"]["model"]
+
+
+def test_more_workers_for_a_task_that_must_run_one_batch_at_a_time_is_a_plan_error():
+    with pytest.raises(ConfigError) as caught:
+        api.plan(["experiment=tiny-sentiment", "task=text-generation", "model=tiny-text-generation", "workers=2"])
+    assert any(str(issue).startswith("workers: stage 'model' (text-generation) runs one batch at a time") for issue in caught.value.issues)
+    with pytest.raises(ConfigError) as caught:
+        api.plan(["experiment=tiny-sentiment", "workers=0"])
+    assert any(str(issue).startswith("workers: workers must be >= 1") for issue in caught.value.issues)
+
+
+def test_two_workers_share_the_result_cache(tmp_path, model_threads):
+    cache = [f"cache.path={tmp_path / 'cache.sqlite'}", "cache=on", "threads=2", "workers=2"]
+    reference = _run(tmp_path, "reference", "text-classification", "threads=1", "workers=1").outputs()
+    first = _run(tmp_path, "first", "text-classification", *cache)
+    _assert_same(reference, first.outputs(), "cache miss")
+    again = _run(tmp_path, "again", "text-classification", *cache)
+    _assert_same(reference, again.outputs(), "cache hit")
+    facts = again.manifest()["stages"]["model"]
+    assert facts["cache"]["hits"] == len(TEXTS) and facts["cache"]["misses"] == 0 and facts["loaded"] is False
+    assert first.manifest()["stages"]["model"]["cache"]["misses"] == len(TEXTS)
+
+
+def test_a_stop_with_batches_running_side_by_side_writes_a_prefix_that_resume_completes(tmp_path, monkeypatch):
+    reference = _run(tmp_path, "reference", "text-classification", "threads=1", "workers=1", "sort_window=0").outputs()
+
+    class StopOnFourthCheck:
+        checks = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        @property
+        def requested(self):
+            type(self).checks += 1
+            return type(self).checks >= 4
+
+    monkeypatch.setattr(api, "_StopRequests", StopOnFourthCheck)
+    data = tmp_path / "input.jsonl"
+    stopped = api.run(["experiment=tiny-sentiment", "input=jsonl", f"input.path={data}", "input.id_field=n", "progress=false",
+                       "batch_size=4", "sort_window=20", "threads=2", "workers=2"], run_dir=tmp_path / "stopped")
+    assert stopped.status == "interrupted"
+    written = [o["id"] for o in stopped.outputs()]
+    assert len(written) < len(TEXTS) and written == [str(i) for i in range(len(written))]
+    monkeypatch.undo()
+    resumed = api.resume(tmp_path / "stopped")
+    assert resumed.status == "complete"
+    _assert_same(reference, resumed.outputs(), "resumed")
+
+
+def test_threads_null_returns_to_torchs_default_after_a_run_that_set_fewer(tmp_path, monkeypatch):
+    """Bug: a run with threads=null kept the intra-op count an earlier run in the process had set."""
+    from composer import runtime
+
+    monkeypatch.setattr(runtime, "_TORCH_DEFAULT_THREADS", 2)
+    _run(tmp_path, "one", "text-classification", "threads=1")
+    split = _run(tmp_path, "default", "text-classification", "workers=1").manifest()["threads"]
+    assert split["threads"] == 2 and split["intra_op_threads"] == 2
