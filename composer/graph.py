@@ -449,7 +449,7 @@ def _with_positions(failed: list[RecordFailure], positions: dict[str, int]) -> l
     return [(positions.get(str(f.id), len(positions)), f) for f in failed]
 
 
-def _read_windows(graph: Graph, head: list[Node], stats: ExecutionStats, policy: ExecutionPolicy,
+def _read_windows(graph: Graph, head: list[Node], stats: ExecutionStats, policy: ExecutionPolicy, window: int,
                   first: Stage | None = None, stop: threading.Event | None = None) -> Iterator[_Window]:
     """Windows of unfinished records with the head transforms applied and input lengths measured:
     the work that can overlap with the model's forward passes. The model stage that comes right
@@ -458,7 +458,7 @@ def _read_windows(graph: Graph, head: list[Node], stats: ExecutionStats, policy:
     model_stages = [n.stage for n in graph.nodes if hasattr(n.stage, "input_lengths")]
     items = _unfinished(graph.source.iter_records(), policy.skip_ids, stats)
     stopped = stop.is_set if stop is not None else (lambda: False)
-    for batch in _batches(items, graph.window):
+    for batch in _batches(items, window):
         if stopped():
             return
         records: list[Record] = []
@@ -554,8 +554,10 @@ def _run_batched(
 ) -> tuple[list[Record], list[tuple[int, RecordFailure]], int | None]:
     """Run a model stage over a window in the batches it plans (length-sorted, under a token
     budget), each batch with per-record error isolation; survivors come back in input order.
-    With `workers`, up to the stage's `concurrent_batches` batches run at once, each on a
-    worker thread (torch releases the GIL in the forward pass).
+    With `workers`, up to the stage's `workers` batches run at once, each on a worker thread
+    (torch releases the GIL in the forward pass). A plan item that is a tuple of batches is a
+    round (batch_size=auto's probe): its batches run side by side and all finish before the
+    plan is asked for the next item, so the plan can time the round.
 
     After each batch `halt(failures so far)` may stop the window early: batches already running
     finish, and the third value is the input position of the first record left undone (None
@@ -578,16 +580,17 @@ def _run_batched(
 
     halted = False
     try:
-        for indices in plan:
-            batch = [records[i] for i in indices]
-            width = getattr(stage, "concurrent_batches", 1) if workers is not None else 1
-            if width > 1:
-                running[workers.submit(_run_stage, stage, batch)] = indices  # type: ignore[union-attr]
-            else:
-                future: Future = Future()
-                future.set_result(_run_stage(stage, batch))
-                running[future] = indices
-            while len(running) >= width:
+        width = getattr(stage, "workers", 1) if workers is not None else 1
+        for item in plan:
+            for indices in item if isinstance(item, tuple) else (item,):
+                batch = [records[i] for i in indices]
+                if width > 1:
+                    running[workers.submit(_run_stage, stage, batch)] = indices  # type: ignore[union-attr]
+                else:
+                    future: Future = Future()
+                    future.set_result(_run_stage(stage, batch))
+                    running[future] = indices
+            while running and (isinstance(item, tuple) or len(running) >= width):
                 collect(wait(running, return_when=FIRST_COMPLETED).done)
             if not all(done) and halt(len(failures)):
                 halted = True
@@ -622,10 +625,14 @@ def _execute_batches(
     *transforms, sink = graph.nodes[1:]
     head, tail = _split_head(transforms)
     stop = threading.Event()
-    windows = _read_windows(graph, head, stats, policy, tail[0].stage if tail else None, stop)
+    width = max((getattr(node.stage, "workers", 1) for node in tail), default=1)
+    # Batches run side by side only within a window: an unsorted window (one batch) grows to
+    # one batch per worker. A length-sorted window already holds many batches.
+    sorted_windows = any(getattr(node.stage, "sorts_by_length", False) for node in tail)
+    window = graph.window if sorted_windows else graph.window * width
+    windows = _read_windows(graph, head, stats, policy, window, tail[0].stage if tail else None, stop)
     if graph.prefetch > 0:
         windows = _prefetched(windows, graph.prefetch, stop)
-    width = max((getattr(node.stage, "workers", 1) for node in tail), default=1)
     workers = ThreadPoolExecutor(width, thread_name_prefix="composer-model") if width > 1 else None
     try:
         for window in windows:

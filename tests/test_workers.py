@@ -64,6 +64,20 @@ def test_two_workers_give_the_one_worker_outputs_in_input_order(task, tmp_path, 
     assert [t for t in threading.enumerate() if t.name.startswith("composer-model")] == []  # none outlive the run
 
 
+@pytest.mark.parametrize("overrides", [["sort_window=0"], ["batch_size=auto", "sort_window=0"], ["batch_size=auto"]])
+def test_unsorted_windows_and_batch_size_auto_keep_every_worker_busy(overrides, tmp_path, model_threads):
+    """Found in the benchmark: unsorted windows held one batch, so with 2 workers one thread ran
+    everything at one intra-op thread (half speed); the batch_size=auto probe ran alone too."""
+    reference = _run(tmp_path, "reference", "text-classification", "threads=1", "workers=1", "sort_window=0").outputs()
+    model_threads.clear()
+    result = _run(tmp_path, "two", "text-classification", "threads=2", "workers=2", *overrides)
+    assert len({name for name in model_threads if name.startswith("composer-model")}) == 2
+    _assert_same(reference, result.outputs(), " ".join(overrides))
+    batching = result.manifest()["stages"]["model"]["batching"]
+    if "batch_size=auto" in overrides:
+        assert batching["auto"]["workers"] == 2 and str(batching["batch_size"]) in batching["auto"]["tokens_per_second"]
+
+
 def test_workers_auto_takes_one_per_thread_where_batches_may_run_side_by_side(tmp_path):
     split = _run(tmp_path, "auto", "text-classification", "threads=2").manifest()["threads"]
     assert split["requested_workers"] == "auto" and split["workers"] == 2 and split["intra_op_threads"] == 1

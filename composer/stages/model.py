@@ -217,7 +217,8 @@ class PipelineStage(Stage):
         """The batches (lists of indices into `records`) this window runs in: by length,
         longest first, when sorting; at most batch_size records and, with max_batch_tokens, at
         most that many padded tokens (longest x count) each. A generator: with batch_size=auto
-        the first window's first batches are the probe, and the rest use the size it chose."""
+        the first window's first items are the probe's rounds (tuples of batches, run side by
+        side and finished before the next item), and the rest use the size it chose."""
         if not self.wants_lengths:
             size = self.batch_size or len(records)
             yield from ([*range(start, min(start + size, len(records)))] for start in range(0, len(records), size))
@@ -320,33 +321,37 @@ class PipelineStage(Stage):
         (accelerate's find_executable_batch_size). On CPU, memory is rarely the limit and bigger
         is not faster, so measure: run records of similar (median) length in batches of each
         candidate size, ascending, stopping once a size is clearly slower than the best, and
-        keep the size with the best tokens/s. The probe batches are real work, not extra: their
-        records are done. Yields the probe batches; returns the order of the records still to run."""
+        keep the size with the best tokens/s. With several workers each candidate runs as a round
+        of one batch per worker (a tuple the graph runs side by side and finishes before asking
+        for more), so what is measured is the throughput the run will get. The probe batches are
+        real work, not extra: their records are done. Yields the probe rounds; returns the order
+        of the records still to run."""
         device = str(getattr(self.pipe, "device", "cpu")) if self.pipe is not None else "cpu"
         if device.startswith("cuda"):
             self.batch_size = self._cuda_batch_size(self._model_input(records[max(order, key=sizes.__getitem__)]))
             return order
         middle_length = max(1, sizes[order[len(order) // 2]])
         candidates = [c for c in self.PROBE_SIZES if self.max_batch_tokens is None or c <= max(1, self.max_batch_tokens // middle_length)]
-        while candidates and sum(candidates) > len(order):
+        while candidates and sum(candidates) * self.workers > len(order):
             candidates.pop()
         if len(candidates) < 2:
             self.batch_size = 8
             self.batch_choice = {"requested": "auto", "chosen": 8, "method": "default (window too small to probe)"}
             return order
-        start = max(0, len(order) // 2 - sum(candidates) // 2)
-        probe = order[start:start + sum(candidates)]
+        span = sum(candidates) * self.workers
+        start = max(0, len(order) // 2 - span // 2)
+        probe = order[start:start + span]
         measured: dict[int, float] = {}
         used: set[int] = set()
         cursor = 0
         for size in candidates:
-            batch = probe[cursor:cursor + size]
-            cursor += size
+            round_ = tuple(probe[cursor + k * size:cursor + (k + 1) * size] for k in range(self.workers))
+            cursor += size * self.workers
             started = time.perf_counter()
-            yield batch
+            yield round_
             seconds = max(time.perf_counter() - started, 1e-9)
-            used.update(batch)
-            measured[size] = sum(sizes[i] for i in batch) / seconds
+            used.update(i for batch in round_ for i in batch)
+            measured[size] = sum(sizes[i] for batch in round_ for i in batch) / seconds
             # Past the peak: a clearly slower size means bigger ones will not win either.
             if len(measured) >= 2 and measured[size] < 0.85 * max(measured.values()):
                 break
@@ -354,6 +359,7 @@ class PipelineStage(Stage):
         self.batch_choice = {
             "requested": "auto", "chosen": self.batch_size,
             "method": "cpu: tokens/s measured per candidate on median-length records (one pass, stops past the peak)",
+            "workers": self.workers,
             "tokens_per_second": {str(k): round(v, 1) for k, v in measured.items()},
         }
         return [i for i in order if i not in used]
@@ -559,12 +565,6 @@ class PipelineStage(Stage):
         if isinstance(device, int):
             return "cpu" if device < 0 else f"cuda:{device}"
         return str(device)
-
-    @property
-    def concurrent_batches(self) -> int:
-        """Batches the graph may run at once now: one while batch_size=auto still measures (its
-        timings need one batch at a time), else `workers`."""
-        return 1 if self.batch_size is None else self.workers
 
     def feature_sampling_rate(self) -> int | None:
         """The audio rate the model's feature extractor expects (audio stages resample to it).
