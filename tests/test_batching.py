@@ -230,3 +230,37 @@ def test_feature_extraction_tokenizes_each_record_once(tmp_path, monkeypatch):
 
     tokenizer = AutoTokenizer.from_pretrained(result.manifest()["stages"]["model"]["model"]["load_from"])
     assert [len(o["prediction"][0]) for o in result.outputs()] == [len(tokenizer(t)["input_ids"]) for t in texts]
+
+
+PAIRS = [{"text": ("word " * n).strip(), "other": "a pair " * (n % 3 + 1)} for n in (3, 9, 1, 6, 12, 4, 8, 2)]
+
+
+@pytest.mark.parametrize(
+    ("task", "call", "pairs"),
+    [("token-classification", {}, False), ("zero-shot-classification", {"candidate_labels": ["urgent", "billing", "phone"]}, False),
+     ("text-classification", {}, True)],
+)
+def test_inputs_are_tokenized_once_ahead_for_chunk_pipelines_and_text_pairs(task, call, pairs, tmp_path, monkeypatch):
+    """Found in review: NER and zero-shot (chunk pipelines) were tokenized on the main thread in
+    process(), not ahead; a {text, text_pair} input was tokenized ahead and then again, since
+    its dict is rebuilt for the call."""
+    from transformers import pipeline
+
+    from composer.records import to_jsonable
+    from composer.testing import tiny_model_path
+
+    reference = pipeline(task, model=str(tiny_model_path(task)))
+    threads: list[str] = []
+    original = type(reference).preprocess
+    monkeypatch.setattr(type(reference), "preprocess", lambda self, *a, **k: threads.append(threading.current_thread().name) or original(self, *a, **k))
+    data = write_jsonl(tmp_path / "in.jsonl", PAIRS if pairs else [{"text": p["text"]} for p in PAIRS])
+    overrides = ["model_input={text: text, text_pair: other}", "input.keep=[other]"] if pairs else []
+    overrides += [f"call.candidate_labels=[{','.join(call['candidate_labels'])}]"] if call else []
+    result = api.run(["experiment=tiny-sentiment", f"task={task}", f"model=tiny-{task}", "input=jsonl", f"input.path={data}",
+                      "batch_size=4", "threads=1", "progress=false", *overrides], run_dir=tmp_path / "run")
+    assert result.status == "complete", result.manifest().get("error")
+    assert threads == ["composer-prefetch"] * len(PAIRS)  # once per record, ahead of the model
+    monkeypatch.undo()
+    for output, row in zip(result.outputs(), PAIRS):
+        model_input = {"text": row["text"], "text_pair": row["other"]} if pairs else row["text"]
+        assert_close(output["prediction"], to_jsonable(reference(model_input, **call)), tol=1e-5, where=f"{task} {output['id']}")

@@ -43,9 +43,12 @@ SORTED_TASKS = frozenset({
 CONCURRENT_TASKS = SORTED_TASKS | {"image-classification", "audio-classification"}
 
 
-# Tasks whose pipeline `__call__` hands a list of inputs straight to the generic loop, so their
-# preprocess can run ahead in the prefetch thread (PipelineStage.prepare).
-PREPARED_TASKS = frozenset({"text-classification", "feature-extraction", "fill-mask"})
+# Tasks whose preprocess can run ahead in the prefetch thread (PipelineStage.prepare): their
+# pipeline `__call__` hands a list straight to the generic loop, or (the chunk pipelines,
+# whose preprocess yields several model inputs per record) only parses arguments that a plain
+# string input does not need.
+PREPARED_TASKS = frozenset({"text-classification", "feature-extraction", "fill-mask", "token-classification",
+                            "zero-shot-classification"})
 
 
 def _token_length(prepared: Any) -> int | None:
@@ -258,6 +261,8 @@ class PipelineStage(Stage):
             key = str(record["id"])
             try:
                 value = self._model_input(record)
+                if self._chunked() and not isinstance(value, str):
+                    continue  # the chunk pipeline's __call__ reshapes such input first; process() runs it whole
                 item = preparer(value)
             except Exception:  # noqa: BLE001 - process() meets it again, in the record's own batch
                 continue
@@ -287,10 +292,20 @@ class PipelineStage(Stage):
             clone.tokenizer = copy.deepcopy(self.pipe.tokenizer)
         return clone
 
+    def _chunked(self) -> bool:
+        """Whether the pipeline is a ChunkPipeline (NER, zero-shot): its preprocess is a
+        generator of model inputs (windows of a long text, one per candidate label)."""
+        from transformers.pipelines.base import ChunkPipeline
+
+        return isinstance(self.pipe, ChunkPipeline)
+
     def _make_preparer(self) -> Any:
         clone = self._pipe_copy()
         params = self._pipeline_params()[0]
-        self._preparer = lambda value: clone.preprocess(value, **params)
+        if self._chunked():
+            self._preparer = lambda value: list(clone.preprocess(value, **params))
+        else:
+            self._preparer = lambda value: clone.preprocess(value, **params)
         return self._preparer
 
     def _thread_pipe(self) -> Any:
@@ -310,7 +325,8 @@ class PipelineStage(Stage):
             import copy
 
             runner = self._per_thread.runner = copy.copy(self._thread_pipe())
-            runner.preprocess = lambda item, **_: item
+            # A chunk pipeline iterates its preprocess: the prepared model inputs, in order.
+            runner.preprocess = (lambda item, **_: iter(item)) if self._chunked() else (lambda item, **_: item)
         _, forward, post = self._pipeline_params()
         return list(runner.get_iterator(items, 0, self.batch_size or len(items), {}, forward, post))
 
@@ -520,7 +536,9 @@ class PipelineStage(Stage):
             outputs = [pipe(model_input, **self.call_kwargs) for model_input in inputs]
         else:
             lengths: list[int | None] = [None] * len(inputs)
-            if prepared and all(p is not None and p[0] is i for p, i in zip(prepared, inputs)):
+            # The input prepared ahead is the one to run (a {text, text_pair} input is rebuilt
+            # per call, hence equality and not only identity).
+            if prepared and all(p is not None and (p[0] is i or p[0] == i) for p, i in zip(prepared, inputs)):
                 outputs = self._run_prepared([p[1] for p in prepared])  # tokenized ahead, same loop
                 lengths = [_token_length(p[1]) for p in prepared]
             else:
