@@ -421,6 +421,12 @@ class PipelineStage(Stage):
     def setup(self) -> None:
         if self.cache is None:
             self._load()
+        # The tokenizer copies the prefetch thread uses are made here, on the main thread,
+        # before that thread starts, rather than lazily by whichever thread gets there first.
+        if self.wants_lengths:
+            self._make_length_counter()
+        if self.pipe is not None and self.task in PREPARED_TASKS and not self._padding_changes_outputs():
+            self._make_preparer()
 
     def _load(self) -> None:
         from transformers import pipeline
