@@ -191,8 +191,9 @@ def _peak_memory() -> dict[str, Any]:
 
 
 class _StopRequests:
-    """Ctrl-C / SIGTERM during a run: the first finishes the batch in flight and stops cleanly
-    (manifest `interrupted`, exit 130); a second interrupts at once."""
+    """Ctrl-C / SIGTERM during a run: the first finishes the batches in flight and stops cleanly
+    (manifest `interrupted`, exit 130); a second stops without finishing the window (batches
+    already running on worker threads still finish: a thread cannot be cut off mid-batch)."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -202,7 +203,8 @@ class _StopRequests:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\ncomposer: stopping after the batch in flight (press Ctrl-C again to stop now)", file=sys.stderr)
+        print("\ncomposer: stopping after the batches in flight (press Ctrl-C again to stop sooner: "
+              "batches already running still finish)", file=sys.stderr)
 
     def __enter__(self) -> _StopRequests:
         if threading.current_thread() is threading.main_thread():
@@ -254,7 +256,7 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
     an uninterrupted run's.
     """
     from composer.repro import seed_everything
-    from composer.runtime import split_threads
+    from composer.runtime import set_run_threads, split_threads
 
     graph = plan_graph(config, run_dir=str(run_dir))
     deep_check(graph)
@@ -296,6 +298,7 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
             transformers_logging.enable_progress_bar()
         else:
             transformers_logging.disable_progress_bar()
+        total_threads = set_run_threads(config["threads"])
         setup_started = time.perf_counter()
         for stage in graph.stages()[1:]:
             stage.setup()
@@ -303,7 +306,7 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
                 stage.restore(runstore.iter_jsonl(run_dir / runstore.OUTPUTS))
         attempt["setup_seconds"] = time.perf_counter() - setup_started
         # After setup: whether batches may run side by side depends on where the model loaded.
-        manifest["threads"] = split_threads(config["threads"], config["workers"], graph.model_stages())
+        manifest["threads"] = split_threads(total_threads, config["workers"], graph.model_stages())
         # Again after setup: a model loaded fresh may have drawn random numbers, one reused from
         # an earlier run in this process (composer.modelpool) did not; sampling must not care.
         seed_everything(config["seed"], deterministic)

@@ -44,6 +44,8 @@ class Graph:
     # before batching, and it is what a crash can lose. batch_size when nothing sorts.
     window: int = 8
     prefetch: int = 1  # windows a background thread reads and preprocesses ahead (0: none)
+    batch: int = 8  # records per batch (batch_size=auto: the largest size its probe tries)
+    auto_window: bool = True  # the window size is composer's choice (sort_window=auto), not the user's
 
     @property
     def source(self) -> Source:
@@ -254,11 +256,14 @@ def plan(config: dict, run_dir: str | None = None) -> Graph:
     sink = load_class(STAGE_TYPES[SINK])(SINK, run_dir=run_dir)
     consumed = {i for n in ordered for i in n.inputs}
     ordered.append(Node(sink, [n.stage.name for n in ordered if n.stage.name not in consumed], "(run folder)"))
-    return Graph(ordered, window=window_size(config, [n.stage for n in ordered]), prefetch=int(config.get("prefetch", 1)))
+    batch = config["batch_size"] if isinstance(config["batch_size"], int) else max(load_class(STAGE_TYPES["model"]).PROBE_SIZES)
+    return Graph(ordered, window=window_size(config, [n.stage for n in ordered]), prefetch=int(config.get("prefetch", 1)),
+                 batch=batch, auto_window=config.get("sort_window", "auto") == "auto")
 
 
 DEFAULT_SORT_WINDOW = 256
 AUTO_BATCH_WINDOW = 128  # batch_size=auto without length sorting: records per window (the probe needs some)
+BATCHES_PER_WORKER = 8  # an automatic window holds at least this many batches per worker
 
 
 def _batching_params(config: dict) -> dict[str, Any]:
@@ -286,17 +291,17 @@ def window_size(config: dict, stages: list[Stage]) -> int:
 
 
 def _check_workers(workers: Any, nodes: list[Node]) -> list[ConfigIssue]:
-    """workers > 1 only where batches may run side by side (CONCURRENT_TASKS): elsewhere an
-    output could change with the order batches finish in, e.g. sampled generation."""
-    from composer.stages.model import CONCURRENT_TASKS
-
+    """workers > 1 only where batches may run side by side (PipelineStage.configured_blocker):
+    elsewhere an output could change with the order batches finish in (sampled generation), or
+    threads would get in each other's way (a model spread over devices, quantized weights)."""
     if not isinstance(workers, int) or workers <= 1:
         return []
-    return [
-        ConfigIssue("workers", f"stage {n.stage.name!r} ({n.stage.task}) runs one batch at a time, so workers must be 1 or auto; "
-                    f"workers > 1 is for {', '.join(sorted(CONCURRENT_TASKS))}")
-        for n in nodes if n.stage.kind == "model" and getattr(n.stage, "task", None) not in CONCURRENT_TASKS
-    ]
+    issues = []
+    for node in nodes:
+        why = node.stage.configured_blocker() if hasattr(node.stage, "configured_blocker") else None
+        if why:
+            issues.append(ConfigIssue("workers", f"stage {node.stage.name!r} runs one batch at a time ({why}), so workers must be 1 or auto"))
+    return issues
 
 
 def _check_edges(nodes: list[Node], failed: set[str]) -> list[ConfigIssue]:
@@ -626,11 +631,7 @@ def _execute_batches(
     head, tail = _split_head(transforms)
     stop = threading.Event()
     width = max((getattr(node.stage, "workers", 1) for node in tail), default=1)
-    # Batches run side by side only within a window: an unsorted window (one batch) grows to
-    # one batch per worker. A length-sorted window already holds many batches.
-    sorted_windows = any(getattr(node.stage, "sorts_by_length", False) for node in tail)
-    window = graph.window if sorted_windows else graph.window * width
-    windows = _read_windows(graph, head, stats, policy, window, tail[0].stage if tail else None, stop)
+    windows = _read_windows(graph, head, stats, policy, _window_for(graph, tail, width), tail[0].stage if tail else None, stop)
     if graph.prefetch > 0:
         windows = _prefetched(windows, graph.prefetch, stop)
     workers = ThreadPoolExecutor(width, thread_name_prefix="composer-model") if width > 1 else None
@@ -638,11 +639,26 @@ def _execute_batches(
         for window in windows:
             _run_window(window, tail, sink, stats, policy, on_failures, advance, workers)
     finally:
-        close = getattr(windows, "close", None)
-        if close is not None:
-            close()
-        if workers is not None:
-            workers.shutdown(wait=True)
+        try:
+            close = getattr(windows, "close", None)
+            if close is not None:
+                close()
+        finally:  # even when a second Ctrl-C cut the close short: no batch outlives the run
+            if workers is not None:
+                workers.shutdown(wait=True)
+
+
+def _window_for(graph: Graph, tail: list[Node], width: int) -> int:
+    """Records per window once the workers are known: batches run side by side only within a
+    window, so an unsorted window (one batch) grows to one batch per worker, and a window of
+    composer's choosing holds at least BATCHES_PER_WORKER batches per worker (batch_size=auto's
+    probe, one round per candidate, then stays within half of it). A sort_window the user set
+    is kept."""
+    if not any(getattr(node.stage, "sorts_by_length", False) for node in tail):
+        return graph.window * width
+    if graph.auto_window:
+        return max(graph.window, graph.batch * width * BATCHES_PER_WORKER)
+    return graph.window
 
 
 def _errors_so_far(policy: ExecutionPolicy, stats: ExecutionStats, pending: int) -> int:

@@ -62,9 +62,11 @@ def _finite_numbers(array: Any) -> list | None:
     if dtype is None or getattr(array, "ndim", 0) == 0:
         return None
     if hasattr(dtype, "is_complex"):  # torch
-        if dtype.is_complex or not bool(array.isfinite().all()):
+        try:
+            finite = not dtype.is_complex and bool(array.isfinite().all())
+        except (NotImplementedError, RuntimeError):  # e.g. float8 has no isfinite: walk it
             return None
-        return array.tolist()
+        return array.tolist() if finite else None
     kind = getattr(dtype, "kind", "")
     if kind not in "biuf" or not kind:
         return None

@@ -278,32 +278,43 @@ def torch_default_threads() -> int:
     return _TORCH_DEFAULT_THREADS
 
 
-def split_threads(threads: int | None, workers: int | str, stages: list[Any]) -> dict[str, Any]:
-    """Divide the run's CPU threads between model batches run at once (`workers`, each on its own
-    Python thread) and torch's intra-op pool, set that pool, and tell each model stage its
-    workers. Returns the split for the manifest.
+def set_run_threads(threads: int | None) -> int:
+    """Give torch the run's CPU threads (null: torch's default) for setup, and return the count;
+    split_threads divides them once the models have loaded."""
+    import torch
+
+    default = torch_default_threads()  # read first, before this or any later run changes it
+    total = threads or default
+    torch.set_num_threads(total)
+    return total
+
+
+def split_threads(total: int, workers: int | str, stages: list[Any]) -> dict[str, Any]:
+    """Divide the run's `total` CPU threads between model batches run at once (`workers`, each
+    on its own Python thread) and torch's intra-op pool, set that pool, and tell each model
+    stage its workers. Returns the split for the manifest.
 
     On CPU, batches side by side with one intra-op thread each beat one batch at a time over all
-    threads (bench/RESULTS.md: x1.1 on 2 cores): small matrix products scale poorly across
+    threads (bench/RESULTS.md: x1.06-1.10 on 2 cores): small matrix products scale poorly across
     threads, while separate batches share nothing but the weights. workers=auto takes one
     worker per thread (at most MAX_AUTO_WORKERS) when every model stage can run batches side by
     side (PipelineStage.concurrency_blocker names why not: a task whose outputs could depend on
-    it, a GPU, quantized weights), else 1.
+    it, a GPU, quantized weights), else 1. An explicit count that planning could not check (the
+    model turned out to be on a GPU) gives that stage one worker, and the manifest says why.
     """
     import torch
 
-    total = threads or torch_default_threads()
     blockers = {stage.name: stage.concurrency_blocker() for stage in stages}
     blocked = {name: why for name, why in blockers.items() if why}
     if workers == "auto":
-        count = 1 if blocked or not stages else max(1, min(total, MAX_AUTO_WORKERS))
+        wanted = 1 if blocked else max(1, min(total, MAX_AUTO_WORKERS))
     else:
-        count = int(workers)
+        wanted = int(workers)
     for stage in stages:
-        stage.workers = 1 if blockers[stage.name] and workers == "auto" else count
-    intra_op = max(1, total // count)
-    torch.set_num_threads(intra_op)
+        stage.workers = 1 if blockers[stage.name] else wanted
+    count = max((stage.workers for stage in stages), default=1)
+    torch.set_num_threads(max(1, total // count))
     split: dict[str, Any] = {"threads": total, "workers": count, "requested_workers": workers, "intra_op_threads": torch.get_num_threads()}
-    if workers == "auto" and blocked:
+    if blocked and (workers == "auto" or wanted > 1):
         split["one_worker_because"] = blocked
     return split

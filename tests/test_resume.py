@@ -85,7 +85,7 @@ def test_ctrl_c_finishes_the_batch_then_run_resumes_it(data, uninterrupted, tmp_
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
-    assert "stopping after the batch in flight" in stderr and "Traceback" not in stderr
+    assert "stopping after the batches in flight" in stderr and "Traceback" not in stderr
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and manifest["exit_code"] == 130
     raw = (run_dir / "outputs.jsonl").read_bytes()

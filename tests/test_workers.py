@@ -33,9 +33,9 @@ def model_threads(monkeypatch) -> set[str]:
     return seen
 
 
-def _run(tmp_path, name: str, task: str, *overrides: str) -> api.RunResult:
-    texts = [t + " [MASK]" for t in TEXTS] if task == "fill-mask" else TEXTS
-    data = tmp_path / "input.jsonl"
+def _run(tmp_path, name: str, task: str, *overrides: str, texts: list[str] = TEXTS) -> api.RunResult:
+    texts = [t + " [MASK]" for t in texts] if task == "fill-mask" else texts
+    data = tmp_path / f"input-{len(texts)}.jsonl"
     if not data.exists():
         write_jsonl(data, [{"n": i, "text": t} for i, t in enumerate(texts)])
     result = api.run(["experiment=tiny-sentiment", f"task={task}", f"model=tiny-{task}", "input=jsonl", f"input.path={data}",
@@ -45,7 +45,7 @@ def _run(tmp_path, name: str, task: str, *overrides: str) -> api.RunResult:
 
 
 def _assert_same(expected: list[dict], actual: list[dict], where: str) -> None:
-    assert [o["id"] for o in actual] == [o["id"] for o in expected] == [str(i) for i in range(len(TEXTS))]
+    assert [o["id"] for o in actual] == [o["id"] for o in expected] == [str(i) for i in range(len(expected))]
     for a, b in zip(expected, actual):
         assert_close(b["prediction"], a["prediction"], tol=1e-4, where=f"{where} {a['id']}")
 
@@ -68,9 +68,10 @@ def test_two_workers_give_the_one_worker_outputs_in_input_order(task, tmp_path, 
 def test_unsorted_windows_and_batch_size_auto_keep_every_worker_busy(overrides, tmp_path, model_threads):
     """Found in the benchmark: unsorted windows held one batch, so with 2 workers one thread ran
     everything at one intra-op thread (half speed); the batch_size=auto probe ran alone too."""
-    reference = _run(tmp_path, "reference", "text-classification", "threads=1", "workers=1", "sort_window=0").outputs()
+    texts = TEXTS * 8  # enough records for batch_size=auto to probe with 2 workers
+    reference = _run(tmp_path, "reference", "text-classification", "threads=1", "workers=1", "sort_window=0", texts=texts).outputs()
     model_threads.clear()
-    result = _run(tmp_path, "two", "text-classification", "threads=2", "workers=2", *overrides)
+    result = _run(tmp_path, "two", "text-classification", "threads=2", "workers=2", *overrides, texts=texts)
     assert len({name for name in model_threads if name.startswith("composer-model")}) == 2
     _assert_same(reference, result.outputs(), " ".join(overrides))
     batching = result.manifest()["stages"]["model"]["batching"]
@@ -96,7 +97,13 @@ def test_workers_auto_keeps_generation_to_one_batch_at_a_time(tmp_path):
 def test_more_workers_for_a_task_that_must_run_one_batch_at_a_time_is_a_plan_error():
     with pytest.raises(ConfigError) as caught:
         api.plan(["experiment=tiny-sentiment", "task=text-generation", "model=tiny-text-generation", "workers=2"])
-    assert any(str(issue).startswith("workers: stage 'model' (text-generation) runs one batch at a time") for issue in caught.value.issues)
+    assert any(str(issue).startswith("workers: stage 'model' runs one batch at a time (text-generation outputs may depend")
+               for issue in caught.value.issues)
+    for blocker, why in (("model.device_map=auto", "device_map spreads"), ("quantization=bnb-8bit", "quantized weights"),
+                         ("model.device=cuda:0", "the model runs on cuda:0")):
+        with pytest.raises(ConfigError) as caught:
+            api.plan(["experiment=tiny-sentiment", "workers=2", blocker])
+        assert any(str(issue).startswith(f"workers: stage 'model' runs one batch at a time ({why}") for issue in caught.value.issues), caught.value.issues
     with pytest.raises(ConfigError) as caught:
         api.plan(["experiment=tiny-sentiment", "workers=0"])
     assert any(str(issue).startswith("workers: workers must be >= 1") for issue in caught.value.issues)
@@ -132,7 +139,7 @@ def test_a_stop_with_batches_running_side_by_side_writes_a_prefix_that_resume_co
             return type(self).checks >= 4
 
     monkeypatch.setattr(api, "_StopRequests", StopOnFourthCheck)
-    data = tmp_path / "input.jsonl"
+    data = tmp_path / f"input-{len(TEXTS)}.jsonl"
     stopped = api.run(["experiment=tiny-sentiment", "input=jsonl", f"input.path={data}", "input.id_field=n", "progress=false",
                        "batch_size=4", "sort_window=20", "threads=2", "workers=2"], run_dir=tmp_path / "stopped")
     assert stopped.status == "interrupted"
@@ -144,11 +151,67 @@ def test_a_stop_with_batches_running_side_by_side_writes_a_prefix_that_resume_co
     _assert_same(reference, resumed.outputs(), "resumed")
 
 
-def test_threads_null_returns_to_torchs_default_after_a_run_that_set_fewer(tmp_path, monkeypatch):
-    """Bug: a run with threads=null kept the intra-op count an earlier run in the process had set."""
+def test_threads_null_returns_to_torchs_default_after_a_run_that_set_more(tmp_path, monkeypatch):
+    """Bug (twice): a run with threads=null kept the intra-op count an earlier run in the
+    process had set, also when that first run was the one to read torch's default."""
+    import torch
+
     from composer import runtime
 
-    monkeypatch.setattr(runtime, "_TORCH_DEFAULT_THREADS", 2)
-    _run(tmp_path, "one", "text-classification", "threads=1")
+    monkeypatch.setattr(runtime, "_TORCH_DEFAULT_THREADS", None)  # as in a fresh process
+    torch.set_num_threads(1)  # torch's default here (conftest)
+    _run(tmp_path, "two", "text-classification", "threads=2", "workers=1")
     split = _run(tmp_path, "default", "text-classification", "workers=1").manifest()["threads"]
-    assert split["threads"] == 2 and split["intra_op_threads"] == 2
+    assert split["threads"] == 1 and split["intra_op_threads"] == 1
+
+
+def test_setup_runs_with_the_runs_threads_and_batches_with_the_split(tmp_path, monkeypatch):
+    """Found in review: the split moved after setup, so loading and setup-time encoding ran at
+    whatever thread count an earlier run had left, ignoring `threads`."""
+    import torch
+
+    seen = []
+    original = PipelineStage.setup
+    monkeypatch.setattr(PipelineStage, "setup", lambda self: seen.append(torch.get_num_threads()) or original(self))
+    torch.set_num_threads(1)
+    _run(tmp_path, "two", "text-classification", "threads=2", "workers=2")
+    assert seen == [2] and torch.get_num_threads() == 1  # setup on both threads, then 2 workers x 1
+
+
+def test_batch_size_auto_probes_every_size_on_records_of_similar_length():
+    """Found in review: with 2 workers the probe's rounds spanned nearly the whole window, so
+    batch sizes were compared on records of very different lengths."""
+    stage = PipelineStage("model", task="text-classification", batch_size="auto")
+    stage.workers = 2
+    records = [{"id": str(i), "text": "x"} for i in range(256)]  # a window of 256 (sort_window=256)
+    plan = stage.plan_batches(records, {str(i): i + 1 for i in range(256)})
+    rounds = []
+    for item in plan:
+        if not isinstance(item, tuple):
+            break
+        rounds.append(item)
+    assert [len(r[0]) for r in rounds] == list(PipelineStage.PROBE_SIZES)[:len(rounds)] and all(len(r) == 2 for r in rounds)
+    lengths = [i + 1 for r in rounds for batch in r for i in batch]
+    assert len(rounds) >= 2 and min(lengths) >= 64 and max(lengths) <= 192  # the middle half of the window
+
+
+def test_numbers_without_a_fast_isfinite_are_still_made_json():
+    """Found in review: the one-call fast path raised for float8 tensors (no isfinite)."""
+    import torch
+
+    from composer.records import to_jsonable
+
+    assert to_jsonable(torch.tensor([1.0, 2.0]).to(torch.float8_e4m3fn)) == [1.0, 2.0]
+
+
+def test_windows_hold_enough_batches_for_every_worker():
+    """Found in review: with batch_size=64 and 8 workers a 256-record window held 4 batches,
+    leaving half of the workers idle; an unsorted window held one batch."""
+    from composer.graph import Graph, Node, _window_for
+
+    sorting = Node(PipelineStage("model", task="text-classification"), [], "model")
+    unsorted = Node(PipelineStage("model", task="text-generation"), [], "model")
+    assert _window_for(Graph([], window=256, batch=64), [sorting], 8) == 64 * 8 * 8
+    assert _window_for(Graph([], window=256, batch=8), [sorting], 2) == 256  # already 16 batches per worker
+    assert _window_for(Graph([], window=100, batch=64, auto_window=False), [sorting], 8) == 100  # the user's sort_window
+    assert _window_for(Graph([], window=8, batch=8), [unsorted], 2) == 16

@@ -348,7 +348,9 @@ class PipelineStage(Stage):
             return order
         middle_length = max(1, sizes[order[len(order) // 2]])
         candidates = [c for c in self.PROBE_SIZES if self.max_batch_tokens is None or c <= max(1, self.max_batch_tokens // middle_length)]
-        while candidates and sum(candidates) * self.workers > len(order):
+        # Within half of the window around its median length, so every candidate runs on
+        # records of similar length (graph._window_for makes automatic windows big enough).
+        while candidates and sum(candidates) * self.workers > len(order) // 2:
             candidates.pop()
         if len(candidates) < 2:
             self.batch_size = 8
@@ -567,14 +569,27 @@ class PipelineStage(Stage):
             and getattr(extractor, "n_samples", None) is None
         )
 
-    def concurrency_blocker(self) -> str | None:
-        """Why this stage's batches must run one at a time, or None when workers may share it."""
+    def configured_blocker(self) -> str | None:
+        """Why the config alone says this stage's batches must run one at a time (checked at
+        plan time, without torch), or None."""
         if self.task not in CONCURRENT_TASKS:
-            return f"{self.task} outputs may depend on batch-mates or on the order random numbers are drawn"
+            return (f"{self.task} outputs may depend on batch-mates or on the order random numbers are drawn; "
+                    f"workers > 1 is for {', '.join(sorted(CONCURRENT_TASKS))}")
         if self.quantization.get("backend", "none") != "none":
             return "quantized weights"
         if self.model_config["device_map"] is not None:
             return "device_map spreads the model over devices"
+        device = self.model_config["device"]
+        if device is not None and str(device) not in ("cpu", "-1"):
+            return f"the model runs on {device}; one batch at a time keeps the accelerator busy"
+        return None
+
+    def concurrency_blocker(self) -> str | None:
+        """Why this stage's batches must run one at a time, or None when workers may share it:
+        the config's reasons, or a model that landed on a GPU by default."""
+        why = self.configured_blocker()
+        if why:
+            return why
         device = str(self.pipe.device) if self.pipe is not None else self._configured_device()
         return None if device == "cpu" else f"the model runs on {device}; one batch at a time keeps the accelerator busy"
 
