@@ -9,7 +9,7 @@ import pytest
 
 from composer import api
 from composer.stages.base import Stage
-from conftest import assert_close, write_jsonl
+from conftest import assert_close, stop_requested_at, write_jsonl
 
 WORDS = "the battery lasts for days but support never answered my emails about the broken screen".split()
 # 40 texts of 1 to 40 words, shuffled by length so batches mix short and long ones.
@@ -127,23 +127,7 @@ def test_batching_settings_are_checked_at_plan_time(overrides, expected):
 def test_a_stop_inside_a_sorted_window_writes_an_input_order_prefix_and_resume_completes_it(tmp_path, monkeypatch):
     reference, _ = _run_texts(tmp_path, "reference", "text-classification", "batch_size=4", "sort_window=0")
 
-    class StopOnFifthCheck:
-        """Stands in for Ctrl-C: the stop request shows up at the fifth check between batches."""
-
-        checks = 0
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        @property
-        def requested(self):
-            type(self).checks += 1
-            return type(self).checks >= 5
-
-    monkeypatch.setattr(api, "_StopRequests", StopOnFifthCheck)
+    monkeypatch.setattr(api, "_StopRequests", stop_requested_at(5))  # Ctrl-C at the fifth check between batches
     data = tmp_path / "input.jsonl"
     overrides = ["experiment=tiny-sentiment", "input=jsonl", f"input.path={data}", "input.id_field=n", "threads=1",
                  "progress=false", "batch_size=4", "sort_window=12"]

@@ -13,7 +13,7 @@ import pytest
 from composer import api
 from composer.schema import ConfigError
 from composer.stages.model import PipelineStage
-from conftest import assert_close, write_jsonl
+from conftest import assert_close, stop_requested_at, write_jsonl
 
 WORDS = "the battery lasts for days but support never answered my emails about the broken screen".split()
 TEXTS = [" ".join(WORDS[(i + k) % len(WORDS)] for k in range(1 + (i * 17) % 40)) for i in range(40)]
@@ -124,21 +124,7 @@ def test_two_workers_share_the_result_cache(tmp_path, model_threads):
 def test_a_stop_with_batches_running_side_by_side_writes_a_prefix_that_resume_completes(tmp_path, monkeypatch):
     reference = _run(tmp_path, "reference", "text-classification", "threads=1", "workers=1", "sort_window=0").outputs()
 
-    class StopOnFourthCheck:
-        checks = 0
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        @property
-        def requested(self):
-            type(self).checks += 1
-            return type(self).checks >= 4
-
-    monkeypatch.setattr(api, "_StopRequests", StopOnFourthCheck)
+    monkeypatch.setattr(api, "_StopRequests", stop_requested_at(4))
     data = tmp_path / f"input-{len(TEXTS)}.jsonl"
     stopped = api.run(["experiment=tiny-sentiment", "input=jsonl", f"input.path={data}", "input.id_field=n", "progress=false",
                        "batch_size=4", "sort_window=20", "threads=2", "workers=2"], run_dir=tmp_path / "stopped")
