@@ -201,3 +201,38 @@ def test_windows_hold_enough_batches_for_every_worker():
     assert _window_for(Graph([], window=256, batch=8), [sorting], 2) == 256  # already 16 batches per worker
     assert _window_for(Graph([], window=100, batch=64, auto_window=False), [sorting], 8) == 100  # the user's sort_window
     assert _window_for(Graph([], window=8, batch=8), [unsorted], 2) == 16
+
+
+def _two_ways(tmp_path, base: list[str], model_threads: set[str]) -> None:
+    one = api.run([*base, "threads=1", "workers=1", "progress=false"], run_dir=tmp_path / "one")
+    model_threads.clear()
+    two = api.run([*base, "threads=2", "workers=2", "progress=false"], run_dir=tmp_path / "two")
+    assert one.status == two.status == "complete", two.manifest().get("error")
+    assert len({name for name in model_threads if name.startswith("composer-model")}) == 2
+    assert [o["id"] for o in two.outputs()] == [o["id"] for o in one.outputs()] and len(one.outputs()) == 12
+    for a, b in zip(one.outputs(), two.outputs()):
+        assert_close(b["prediction"], a["prediction"], tol=1e-5, where=a["id"])
+
+
+def test_image_classification_with_two_workers(tmp_path, model_threads):
+    from test_vision import noise_image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        noise_image(16 + 4 * i, 40 - 2 * i, i).save(folder / f"{i:02d}.png")
+    _two_ways(tmp_path, ["experiment=image-classification", "model=tiny-image-classification", "input=image_folder",
+                         f"input.path={folder}", "batch_size=2"], model_threads)
+
+
+def test_audio_classification_with_two_workers(tmp_path, model_threads):
+    import numpy as np
+    import soundfile
+
+    paths = []
+    for i in range(12):
+        samples = np.random.default_rng(i).normal(0, 0.1, 1600 + 800 * i).astype(np.float32)
+        paths.append(tmp_path / f"clip{i:02d}.wav")
+        soundfile.write(paths[-1], samples, 16_000)
+    _two_ways(tmp_path, ["experiment=audio-classification", "model.id=tiny:audio-classification",
+                         f"input.records=[{','.join(map(str, paths))}]", "batch_size=2"], model_threads)
