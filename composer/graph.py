@@ -400,7 +400,7 @@ class ExecutionPolicy:
 
 
 class RunInterrupted(Exception):
-    """A stop was requested; the batch in flight was finished and written first."""
+    """A stop was requested; the batches in flight were finished and the input-order prefix written."""
 
 
 def execute(
@@ -734,4 +734,4 @@ def _run_window(
     if policy.max_errors is not None and failed_total >= policy.max_errors:
         raise RunAborted(f"{failed_total} records failed, reaching max_errors={policy.max_errors}")
     if policy.should_stop() or cut is not None:
-        raise RunInterrupted("stopped on request after finishing the batch in flight")
+        raise RunInterrupted("stopped on request after finishing the batches in flight")
