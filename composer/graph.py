@@ -41,7 +41,8 @@ class Graph:
 
     nodes: list[Node]
     # Records read ahead from the source as one unit: model stages order such a window by length
-    # before batching, and it is what a crash can lose. batch_size when nothing sorts.
+    # before batching, and it is what a crash can lose. batch_size when nothing sorts (both grown
+    # for workers at run time: _window_for).
     window: int = 8
     prefetch: int = 1  # windows a background thread reads and preprocesses ahead (0: none)
     batch: int = 8  # records per batch (batch_size=auto: the largest size its probe tries)
