@@ -276,9 +276,10 @@ class PipelineStage(Stage):
         return lengths
 
     def _pipeline_params(self) -> tuple[dict, dict, dict]:
-        """The preprocess/forward/postprocess parameters `pipe(inputs, **call)` would use."""
-        pre, forward, post = self.pipe._sanitize_parameters(**self.call_kwargs)
-        pipe = self.pipe
+        """The preprocess/forward/postprocess parameters `pipe(inputs, **call)` would use. Read
+        from this thread's pipeline: fill-mask's `targets` are looked up with its tokenizer."""
+        pipe = self._thread_pipe()
+        pre, forward, post = pipe._sanitize_parameters(**self.call_kwargs)
         return {**pipe._preprocess_params, **pre}, {**pipe._forward_params, **forward}, {**pipe._postprocess_params, **post}
 
     def _pipe_copy(self) -> Any:
