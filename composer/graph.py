@@ -230,7 +230,7 @@ def plan(config: dict, run_dir: str | None = None) -> Graph:
         input_field=config.get("model_input") or config["input"].get("field", "text"),
         output_field=config.get("model_output", "prediction"),
         batch_size=config["batch_size"],
-        **_batching_params(config),
+        **_stage_runtime_params(config),
     )
     nodes.append(Node(model_stage, [chain_tail], "model"))
     chain_tail = MODEL
@@ -238,7 +238,7 @@ def plan(config: dict, run_dir: str | None = None) -> Graph:
     for name, spec in (config.get("stages") or {}).items():
         path = f"stages.{name}"
         if isinstance(spec, dict) and spec.get("type") == "model":
-            spec = {"batch_size": config["batch_size"], **_batching_params(config), **spec}
+            spec = {"batch_size": config["batch_size"], **_stage_runtime_params(config), **spec}
         node, found = _spec_stage(spec, path, str(name), allow_any)
         issues.extend(found)
         if node is None:
@@ -267,13 +267,14 @@ AUTO_BATCH_WINDOW = 128  # batch_size=auto without length sorting: records per w
 BATCHES_PER_WORKER = 8  # an automatic window holds at least this many batches per worker
 
 
-def _batching_params(config: dict) -> dict[str, Any]:
-    """Length sorting and token budget for model stages: sort_window=auto leaves the choice to
+def _stage_runtime_params(config: dict) -> dict[str, Any]:
+    """Length sorting, token budget and oneDNN linear layers for model stages: sort_window=auto leaves the choice to
     each stage's task (PipelineStage.SORTED_TASKS), 0 turns sorting off, a number turns it on."""
     sort_window = config.get("sort_window", "auto")
     return {
         "sort_by_length": None if sort_window == "auto" else bool(sort_window),
         "max_batch_tokens": config.get("max_batch_tokens"),
+        "onednn_linear": config.get("onednn_linear", True),
     }
 
 

@@ -122,6 +122,9 @@ class ComposerConfig:
     # Model batches run side by side on CPU, splitting `threads` (auto: one per thread when every
     # model stage allows it; see runtime.split_threads).
     workers: int | Literal["auto"] = "auto"
+    # CPU, fp32, encoder tasks: linear layers run through oneDNN with weights packed once
+    # (runtime.onednn_linear); outputs change only in float rounding.
+    onednn_linear: bool = True
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms: fail rather than vary
     on_error: Literal["skip", "fail"] = "skip"

@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from composer import api
+from composer.records import to_jsonable
 from composer.schema import ConfigError
 from composer.stages.model import PipelineStage
 from conftest import assert_close, stop_requested_at, write_jsonl
@@ -236,3 +237,32 @@ def test_audio_classification_with_two_workers(tmp_path, model_threads):
         soundfile.write(paths[-1], samples, 16_000)
     _two_ways(tmp_path, ["experiment=audio-classification", "model.id=tiny:audio-classification",
                          f"input.records=[{','.join(map(str, paths))}]", "batch_size=2"], model_threads)
+
+
+def test_onednn_linear_layers_on_cpu_keep_outputs_and_tied_heads(tmp_path):
+    """CPU fp32 encoders get oneDNN linear layers (weights packed once); outputs stay within fp32
+    rounding of torch's own, a head tied to the embeddings stays tied, generation is untouched."""
+    from composer import modelpool
+
+    fast = _run(tmp_path, "fast", "fill-mask", "threads=1")
+    plain = _run(tmp_path, "plain", "fill-mask", "threads=1", "onednn_linear=false")
+    facts, plain_facts = fast.manifest()["stages"]["model"], plain.manifest()["stages"]["model"]
+    assert facts["onednn_linear_layers"] > 0 and plain_facts["onednn_linear_layers"] == 0
+    assert facts["parameters"] == plain_facts["parameters"]
+    _assert_same(plain.outputs(), fast.outputs(), "onednn_linear")
+    modelpool.clear()
+    from transformers import pipeline
+
+    from composer.stages.model import PipelineStage as Stage
+    from composer.testing import tiny_model_path
+
+    stage = Stage("model", task="fill-mask", model={"id": str(tiny_model_path("fill-mask"))})
+    stage.setup()
+    decoder = stage.pipe.model.get_output_embeddings()
+    assert type(decoder).__name__ == "Linear" and decoder.weight is stage.pipe.model.get_input_embeddings().weight
+    stage.close()
+    reference = pipeline("fill-mask", model=str(tiny_model_path("fill-mask")))
+    assert_close(fast.outputs()[0]["prediction"], to_jsonable(reference(fast.outputs()[0]["text"])), tol=1e-5)
+    generation = api.run(["experiment=tiny-sentiment", "task=text-generation", "model=tiny-text-generation", "input=inline",
+                          "input.records=[hello]", "call.max_new_tokens=2", "threads=1", "progress=false"], run_dir=tmp_path / "gen")
+    assert generation.manifest()["stages"]["model"]["onednn_linear_layers"] == 0

@@ -76,6 +76,7 @@ class PipelineStage(Stage):
         batch_size: int | str = 8,
         sort_by_length: bool | None = None,
         max_batch_tokens: int | None = None,
+        onednn_linear: bool = True,
     ):
         model = {"id": None, "revision": None, "dtype": "auto", "device": None, "device_map": None,
                  "trust_remote_code": False, "tokenizer": None, "model_kwargs": {}, **(model or {})}
@@ -100,6 +101,8 @@ class PipelineStage(Stage):
         self.batch_size: int | None = None if batch_size == "auto" else int(batch_size)
         self.sorts_by_length = task in SORTED_TASKS if sort_by_length is None else bool(sort_by_length)
         self.max_batch_tokens = max_batch_tokens
+        # Like batching, oneDNN linear layers change outputs only in float rounding: not in the fingerprint.
+        self.onednn_linear = bool(onednn_linear)
         self.batch_choice: dict[str, Any] | None = None
         self._length_counter: Any = None
         # Pipeline preprocess outputs made ahead by the prefetch thread: record id -> (input, item).
@@ -459,15 +462,26 @@ class PipelineStage(Stage):
         # A run in the same process that built this exact pipeline left it in the pool.
         self.pool_key = modelpool.pipeline_key({
             "task": self.task, "resolved": self.resolved.to_json(), "model": self.model_config,
-            "quantization": self.quantization, "pipeline": self.build_params,
+            "quantization": self.quantization, "pipeline": self.build_params, "onednn_linear": self._uses_onednn(),
         })
         started = time.perf_counter()
         self.pipe = modelpool.take(self.pool_key)
         self.reused = self.pipe is not None
         if self.pipe is None:
             self.pipe = pipeline(**kwargs)
+            if self._uses_onednn() and self.pipe.device.type == "cpu" and self.pipe.model.dtype == torch_dtype("float32"):
+                from composer.runtime import onednn_linear
+
+                onednn_linear(self.pipe.model)
             modelpool.hold(self.pool_key, self.pipe)
         self.load_seconds = time.perf_counter() - started
+
+    def _uses_onednn(self) -> bool:
+        """Whether to swap in oneDNN linear layers once loaded (runtime.onednn_linear): asked for,
+        an encoder task (CONCURRENT_TASKS), unquantized and not spread over devices; the loaded
+        model must also be on CPU in fp32."""
+        return (self.onednn_linear and self.task in CONCURRENT_TASKS and self.model_config["device_map"] is None
+                and self.quantization.get("backend", "none") == "none")
 
     def _model_input(self, record: Record) -> Any:
         if isinstance(self.input_field, dict):
@@ -641,6 +655,7 @@ class PipelineStage(Stage):
             facts["cache"] = {"path": str(self.cache.path), "hits": self.cache_hits, "misses": self.cache_misses}
         if self.pipe is not None:
             model = self.pipe.model
+            onednn = [m for m in model.modules() if type(m).__name__ == "MkldnnLinear"]
             facts.update(
                 dtype=str(getattr(model, "dtype", None)).replace("torch.", ""),
                 device=str(getattr(self.pipe, "device", None)),
@@ -651,7 +666,10 @@ class PipelineStage(Stage):
                 # transformers ignored would show up here as null.
                 quantizer=type(model.hf_quantizer).__name__ if getattr(model, "hf_quantizer", None) else None,
                 model_class=type(model).__name__,
-                parameters=sum(p.numel() for p in model.parameters()),
+                # oneDNN linear layers keep their weights as buffers (runtime.onednn_linear).
+                parameters=sum(p.numel() for p in model.parameters())
+                + sum(b.numel() for m in onednn for b in m.buffers(recurse=False)),
+                onednn_linear_layers=len(onednn),
             )
         return facts
 
