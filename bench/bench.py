@@ -22,6 +22,7 @@ Speed on a shared machine is noisy: compare ratios within one run, not numbers a
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -172,6 +173,10 @@ def bench_model(name: str, n: int, repeats: int, threads: int, work: Path, only:
     print(f"\n== {name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {n} texts of "
           f"{min(lengths)}-{max(lengths)} tokens (mean {statistics.mean(lengths):.0f}), {threads} thread(s), {repeats} repeat(s)", flush=True)
     sorted_order = windows_sorted(lengths, 256)
+    from composer.runtime import onednn_linear
+
+    onednn_model = copy.deepcopy(model)
+    onednn_linear(onednn_model)  # what composer's onednn_linear=true does to the loaded model
 
     def timed(fn):
         started = time.perf_counter()
@@ -185,8 +190,11 @@ def bench_model(name: str, n: int, repeats: int, threads: int, work: Path, only:
         "hand loop bs=8 unsorted": lambda: timed(lambda: hand_loop(model, tokenizer, texts, 8, list(range(n)))),
         "hand loop bs=8 sorted (composer's batches)": lambda: timed(lambda: hand_loop(model, tokenizer, texts, 8, sorted_order)),
         f"hand loop bs=8 sorted, {threads} workers x 1 thread": lambda: timed(lambda: hand_loop(model, tokenizer, texts, 8, sorted_order, threads)),
+        f"hand loop bs=8 sorted, {threads} workers x 1 thread, oneDNN linear":
+            lambda: timed(lambda: hand_loop(onednn_model, tokenizer, texts, 8, sorted_order, threads)),
         "composer defaults": lambda: composer_run(folder, data, work, threads, [])[:2],
         "composer workers=1 (one batch at a time)": lambda: composer_run(folder, data, work, threads, ["workers=1"])[:2],
+        "composer onednn_linear=false (torch's own linear)": lambda: composer_run(folder, data, work, threads, ["onednn_linear=false"])[:2],
         "composer sort_window=0 (unsorted)": lambda: composer_run(folder, data, work, threads, ["sort_window=0"])[:2],
         "composer prefetch=0": lambda: composer_run(folder, data, work, threads, ["prefetch=0"])[:2],
         "composer batch_size=32": lambda: composer_run(folder, data, work, threads, ["batch_size=32"])[:2],
