@@ -268,8 +268,9 @@ BATCHES_PER_WORKER = 8  # an automatic window holds at least this many batches p
 
 
 def _stage_runtime_params(config: dict) -> dict[str, Any]:
-    """Length sorting, token budget and oneDNN linear layers for model stages: sort_window=auto leaves the choice to
-    each stage's task (PipelineStage.SORTED_TASKS), 0 turns sorting off, a number turns it on."""
+    """Length sorting, token budget and oneDNN linear layers for model stages: sort_window=auto
+    leaves the choice to each stage's task (PipelineStage.SORTED_TASKS), 0 turns sorting off, a
+    number turns it on."""
     sort_window = config.get("sort_window", "auto")
     return {
         "sort_by_length": None if sort_window == "auto" else bool(sort_window),
