@@ -51,6 +51,11 @@ PREPARED_TASKS = frozenset({"text-classification", "feature-extraction", "fill-m
                             "zero-shot-classification"})
 
 
+def _accelerator_blocker(device: Any) -> str | None:
+    """Why a model on `device` runs one batch at a time (None on CPU)."""
+    return None if str(device) in ("cpu", "-1") else f"the model runs on {device}; one batch at a time keeps the accelerator busy"
+
+
 def _token_length(prepared: Any) -> int | None:
     """The token count of an input the pipeline's preprocess already tokenized, if it has one."""
     input_ids = prepared.get("input_ids") if hasattr(prepared, "get") else None
@@ -255,16 +260,16 @@ class PipelineStage(Stage):
         results to the pipeline's own collate/forward/postprocess, so outputs are those of
         `pipe(inputs)`. Returns the records' lengths. Only for PREPARED_TASKS, whose `__call__`
         hands a list straight to the generic pipeline loop; others are tokenized in process()."""
-        # With the result cache, process() looks outputs up by input and runs the misses itself.
-        if self.pipe is None or self.cache is not None or self.task not in PREPARED_TASKS or self._padding_changes_outputs():
+        if not self._prepares_ahead():
             return self.input_lengths(records)
         preparer = self._preparer or self._make_preparer()
+        chunked = self._chunked()
         lengths: dict[str, int] = {}
         for record in records:
             key = str(record["id"])
             try:
                 value = self._model_input(record)
-                if self._chunked() and not isinstance(value, str):
+                if chunked and not isinstance(value, str):
                     continue  # the chunk pipeline's __call__ reshapes such input first; process() runs it whole
                 item = preparer(value)
             except Exception:  # noqa: BLE001 - process() meets it again, in the record's own batch
@@ -431,8 +436,13 @@ class PipelineStage(Stage):
         # before that thread starts, rather than lazily by whichever thread gets there first.
         if self.wants_lengths:
             self._make_length_counter()
-        if self.pipe is not None and self.task in PREPARED_TASKS and not self._padding_changes_outputs():
+        if self._prepares_ahead():
             self._make_preparer()
+
+    def _prepares_ahead(self) -> bool:
+        """Whether prepare() tokenizes ahead: a loaded PREPARED_TASKS pipeline whose records run
+        batched (with the result cache, process() looks outputs up by input and runs the misses)."""
+        return self.pipe is not None and self.cache is None and self.task in PREPARED_TASKS and not self._padding_changes_outputs()
 
     def _load(self) -> None:
         from transformers import pipeline
@@ -478,10 +488,9 @@ class PipelineStage(Stage):
 
     def _uses_onednn(self) -> bool:
         """Whether to swap in oneDNN linear layers once loaded (runtime.onednn_linear): asked for,
-        an encoder task (CONCURRENT_TASKS), unquantized and not spread over devices; the loaded
-        model must also be on CPU in fp32."""
-        return (self.onednn_linear and self.task in CONCURRENT_TASKS and self.model_config["device_map"] is None
-                and self.quantization.get("backend", "none") == "none")
+        and a model whose batches may share it by its config (an encoder task, unquantized, not
+        spread over devices, not put on a GPU); the loaded model must also be on CPU in fp32."""
+        return self.onednn_linear and self.configured_blocker() is None
 
     def _model_input(self, record: Record) -> Any:
         if isinstance(self.input_field, dict):
@@ -595,18 +604,12 @@ class PipelineStage(Stage):
         if self.model_config["device_map"] is not None:
             return "device_map spreads the model over devices"
         device = self.model_config["device"]
-        if device is not None and str(device) not in ("cpu", "-1"):
-            return f"the model runs on {device}; one batch at a time keeps the accelerator busy"
-        return None
+        return None if device is None else _accelerator_blocker(device)
 
     def concurrency_blocker(self) -> str | None:
         """Why this stage's batches must run one at a time, or None when workers may share it:
         the config's reasons, or a model that landed on a GPU by default."""
-        why = self.configured_blocker()
-        if why:
-            return why
-        device = str(self.pipe.device) if self.pipe is not None else self._configured_device()
-        return None if device == "cpu" else f"the model runs on {device}; one batch at a time keeps the accelerator busy"
+        return self.configured_blocker() or _accelerator_blocker(self.pipe.device if self.pipe is not None else self._configured_device())
 
     def _configured_device(self) -> str:
         """Where pipeline() will put the model (it is not loaded yet when the result cache is on):
