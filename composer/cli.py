@@ -135,6 +135,9 @@ def _report(result) -> None:
         note = (stage.get("model") or {}).get("note") if stage.get("kind") == "model" else None
         if note:
             lines.append(f"  note ({name}): {note}")
+        one_record_because = (stage.get("batching") or {}).get("one_record_because")
+        if one_record_because:
+            lines.append(f"  note ({name}): one record per batch: {one_record_because}")
     lines.append(f"  records: {counts['records_ok']} ok, {counts['records_failed']} failed (errors.jsonl)")
     for name, quality in metrics.get("quality", {}).items():
         scores = ", ".join(f"{_SCORE_NAMES.get(key, key)} {value:.3f}" for key, value in quality.items()

@@ -371,18 +371,24 @@ class ExecutionStats:
 
 
 def _run_stage(stage: Stage, records: list[Record]) -> tuple[list[Record], list[RecordFailure]]:
-    """Run a batch; if it fails, retry record by record so only the bad records fail."""
+    """Run a batch; if it fails, retry record by record so only the bad records fail. When no
+    record fails alone, the batch itself was the problem: a stage that can run smaller batches
+    hears of it (`batch_failed_alone_ok`)."""
     try:
         return stage.process(records), []
     except Exception as error:  # noqa: BLE001 - any stage error is a record error, isolated below
         if len(records) == 1:
             return [], [RecordFailure.from_exception(str(records[0].get("id")), stage.name, error)]
+        batch_error = error
     survivors: list[Record] = []
     failures: list[RecordFailure] = []
     for record in records:
         kept, failed = _run_stage(stage, [record])
         survivors += kept
         failures += failed
+    hook = getattr(stage, "batch_failed_alone_ok", None)
+    if not failures and hook is not None:
+        hook(len(records), batch_error)
     return survivors, failures
 
 

@@ -123,6 +123,12 @@ def test_asr_on_a_list_of_files_of_every_format(clips: Path, tmp_path: Path, mod
     assert [o["audio"]["samples"] for o in outputs] == [_expected_array(f).size for f in audio]
     for output, path in zip(outputs, audio):
         assert_close(output["prediction"], to_jsonable(plain(_expected_array(path))), where=path.name)
+    batching = result.manifest()["stages"]["model"]["batching"]
+    if model == CTC:  # wav2vec2's extractor pads without an attention mask: one clip per batch, said why
+        assert batching["batch_size"] == 1 and "without an attention mask" in batching["one_record_because"]
+        assert result.manifest()["counts"]["batches"] == len(audio)
+    else:
+        assert batching["batch_size"] == 2 and "one_record_because" not in batching
 
 
 @pytest.mark.parametrize("unit", ["char", "word"])

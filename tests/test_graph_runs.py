@@ -48,6 +48,9 @@ def test_one_bad_record_does_not_take_its_batch_down(tmp_path):
     ids = {o["id"] for o in result.outputs()} | {e["id"] for e in errors}
     assert len(ids) == len(MASKED)
     assert result.manifest()["counts"] == {"records_in": 5, "records_ok": 3, "records_failed": 2, "batches": 1}
+    # Bad records, not the batching: the stage keeps batching.
+    batching = result.manifest()["stages"]["model"]["batching"]
+    assert batching["batch_size"] == 8 and "one_record_because" not in batching
 
 
 def test_on_error_fail_stops_with_exit_3_and_keeps_finished_batches(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import http.server
 import io
+import json
 import shutil
 import threading
 import time
@@ -427,6 +428,34 @@ def test_object_detection_boxes_match_the_pipeline(tmp_path, photo_folder):
         for found in output["prediction"]:
             assert found["label"] in {"cat", "dog", "bird"}
             assert 0 <= found["box"]["xmin"] <= found["box"]["xmax"] <= image.width
+        assert_close(output["prediction"], to_jsonable(reference(image, threshold=0.0)), tol=1e-4, where=output["id"])
+
+
+def test_inputs_the_pipeline_cannot_batch_fall_back_to_one_record_per_batch(tmp_path):
+    """Differently sized images cannot be stacked by the detection pipeline: the first batch fails,
+    each of its images then runs alone, and the rest of the run uses one-image batches (said in
+    the manifest and the summary) instead of failing once per batch; outputs are the plain ones."""
+    folder = tmp_path / "sizes"
+    folder.mkdir()
+    for k, (height, width) in enumerate([(40, 50), (30, 20), (64, 64), (24, 48), (50, 30)]):
+        noise_image(height, width, k).save(folder / f"{k}.png")
+    done = run_cli(
+        "run", *COMMON, "experiment=object-detection", "model=tiny-object-detection", "input=image_folder",
+        f"input.path={folder}", "call.threshold=0.0", "batch_size=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    batching = manifest["stages"]["model"]["batching"]
+    assert (batching["requested_batch_size"], batching["batch_size"]) == (2, 1)
+    assert batching["one_record_because"].startswith("a batch of 2 failed (RuntimeError: ")
+    assert "one record per batch: a batch of 2 failed" in done.stderr
+    # [0, 1] failed and ran alone; 2, 3 and 4 were planned one per batch (not [2, 3], [4]).
+    assert manifest["counts"] == {"records_in": 5, "records_ok": 5, "records_failed": 0, "batches": 4}
+    reference = reference_pipeline("object-detection", "object-detection")
+    outputs = read_jsonl(tmp_path / "run" / "outputs.jsonl")
+    assert [o["id"] for o in outputs] == [f"{k}.png" for k in range(5)]
+    for output in outputs:
+        image = Image.open(folder / output["id"]).convert("RGB")
         assert_close(output["prediction"], to_jsonable(reference(image, threshold=0.0)), tol=1e-4, where=output["id"])
 
 

@@ -109,6 +109,10 @@ class PipelineStage(Stage):
         # Like batching, oneDNN linear layers change outputs only in float rounding: not in the fingerprint.
         self.onednn_linear = bool(onednn_linear)
         self.batch_choice: dict[str, Any] | None = None
+        # Why this stage runs one record per batch although batch_size says more (None while it
+        # batches): its model pads without an attention mask, or a batch failed while each of its
+        # records ran alone. Reported in the manifest.
+        self.one_record_because: str | None = None
         self._length_counter: Any = None
         # Pipeline preprocess outputs made ahead by the prefetch thread: record id -> (input, item).
         self._prepared: dict[str, tuple[Any, Any]] = {}
@@ -231,14 +235,17 @@ class PipelineStage(Stage):
         the first window's first items are the probe's rounds (tuples of batches, run side by
         side and finished before the next item), and the rest use the size it chose."""
         if not self.wants_lengths:
-            size = self.batch_size or len(records)
-            yield from ([*range(start, min(start + size, len(records)))] for start in range(0, len(records), size))
+            start = 0
+            while start < len(records):  # the size is read per batch: one_record_at_a_time may change it
+                end = min(start + (self.batch_size or len(records)), len(records))
+                yield [*range(start, end)]
+                start = end
             return
         if lengths is None or any(str(r["id"]) not in lengths for r in records):
             lengths = self.input_lengths(records)
         sizes = [lengths[str(r["id"])] for r in records]
         order = sorted(range(len(records)), key=lambda i: (-sizes[i], i)) if self.sorts_by_length else list(range(len(records)))
-        if self.batch_size is None:
+        if self.batch_size is None and self.one_record_because is None:
             order = yield from self._choose_batch_size(records, order, sizes)
         batch: list[int] = []
         longest = 0
@@ -379,6 +386,8 @@ class PipelineStage(Stage):
             seconds = max(time.perf_counter() - started, 1e-9)
             used.update(i for batch in round_ for i in batch)
             measured[size] = sum(sizes[i] for batch in round_ for i in batch) / seconds
+            if self.one_record_because is not None:
+                return [i for i in order if i not in used]  # a probe batch showed these inputs cannot batch
             # Past the peak: a clearly slower size means bigger ones will not win either.
             if len(measured) >= 2 and measured[size] < 0.85 * max(measured.values()):
                 break
@@ -485,6 +494,9 @@ class PipelineStage(Stage):
                 onednn_linear(self.pipe.model)
             modelpool.hold(self.pool_key, self.pipe)
         self.load_seconds = time.perf_counter() - started
+        if self._padding_changes_outputs():
+            self.one_record_at_a_time("the feature extractor pads without an attention mask, so a record's output "
+                                      "would depend on its batch-mates' lengths")
 
     def _uses_onednn(self) -> bool:
         """Whether to swap in oneDNN linear layers once loaded (runtime.onednn_linear): asked for,
@@ -562,9 +574,11 @@ class PipelineStage(Stage):
         """Outputs for these inputs, each equal to the pipeline's single-input result (JSON-clean)."""
         started = time.perf_counter()
         pipe = self._thread_pipe()
-        if len(inputs) == 1 or self._padding_changes_outputs():
+        if len(inputs) == 1 or self.one_record_because is not None:
             # A one-item list comes back unwrapped from some pipelines (fill-mask); a single
-            # call is unambiguous and is exactly the reference result.
+            # call is unambiguous and is exactly the reference result. Batches planned before
+            # the stage learnt it must run records alone (a lazy load, another worker's failed
+            # batch) run here record by record.
             outputs = [pipe(model_input, **self.call_kwargs) for model_input in inputs]
         else:
             lengths: list[int | None] = [None] * len(inputs)
@@ -580,6 +594,20 @@ class PipelineStage(Stage):
             outputs = [self._as_single_call(i, o, n) for i, o, n in zip(inputs, outputs, lengths)]
         self.batch_seconds.append(time.perf_counter() - started)
         return [to_jsonable(output) for output in outputs]
+
+    def one_record_at_a_time(self, reason: str) -> None:
+        """From now on every batch holds one record (the first reason given is the one kept)."""
+        if self.one_record_because is None:
+            self.one_record_because = reason
+            self.batch_size = 1
+
+    def batch_failed_alone_ok(self, size: int, error: Exception) -> None:
+        """A batch of `size` records failed and each record then ran alone without error: the
+        pipeline cannot batch these inputs (images its processor resizes to different shapes,
+        documents of different lengths), so later batches hold one record instead of failing
+        once each and repeating their work."""
+        detail = " ".join(f"{type(error).__name__}: {error}".split())
+        self.one_record_at_a_time(f"a batch of {size} failed ({detail[:300]}) and each of its records ran alone")
 
     def _padding_changes_outputs(self) -> bool:
         """Whether a record's output would depend on its batch-mates' lengths: audio feature
@@ -652,6 +680,7 @@ class PipelineStage(Stage):
                 "batch_size": self.batch_size, "requested_batch_size": self.requested_batch_size, "workers": self.workers,
                 "sort_by_length": self.sorts_by_length, "max_batch_tokens": self.max_batch_tokens,
                 **({"auto": self.batch_choice} if self.batch_choice else {}),
+                **({"one_record_because": self.one_record_because} if self.one_record_because else {}),
             },
         }
         if self.cache is not None:

@@ -94,7 +94,8 @@ def _whisper_tokenizer() -> Any:
     state = json.loads(raw.to_str())["model"]
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     vocab = dict(sorted(state["vocab"].items(), key=lambda kv: kv[1]))
-    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, model_max_length=448)
+    # pad_token as openai/whisper-* set it: without one the pipeline refuses to batch.
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, model_max_length=448, pad_token=_WHISPER_EOT)
     tokenizer.add_special_tokens({"additional_special_tokens": list(_WHISPER_SPECIALS)})
     tokenizer.add_tokens(list(_WHISPER_TIMESTAMPS))
     return tokenizer

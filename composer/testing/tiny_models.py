@@ -54,7 +54,7 @@ __all__ = [
 
 #: Bump whenever a change here alters the bytes of any built model: the version
 #: is part of the cache folder name, so stale caches are never reused.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 #: Environment variable naming the root of composer's cache.
 CACHE_ENV_VAR = "COMPOSER_CACHE_DIR"
