@@ -220,14 +220,16 @@ PAIRS = [{"text": ("word " * n).strip(), "other": "a pair " * (n % 3 + 1)} for n
 
 
 @pytest.mark.parametrize(
-    ("task", "call", "pairs"),
-    [("token-classification", {}, False), ("zero-shot-classification", {"candidate_labels": ["urgent", "billing", "phone"]}, False),
-     ("text-classification", {}, True)],
+    ("task", "call", "pairs", "batch_size"),
+    [("token-classification", {}, False, 4), ("zero-shot-classification", {"candidate_labels": ["urgent", "billing", "phone"]}, False, 4),
+     ("text-classification", {}, True, 4), ("text-classification", {}, False, 1), ("fill-mask", {}, False, 7),
+     ("token-classification", {}, False, 1)],
 )
-def test_inputs_are_tokenized_once_ahead_for_chunk_pipelines_and_text_pairs(task, call, pairs, tmp_path, monkeypatch):
+def test_inputs_are_tokenized_once_ahead_for_chunk_pipelines_and_text_pairs(task, call, pairs, batch_size, tmp_path, monkeypatch):
     """Found in review: NER and zero-shot (chunk pipelines) were tokenized on the main thread in
     process(), not ahead; a {text, text_pair} input was tokenized ahead and then again, since
-    its dict is rebuilt for the call."""
+    its dict is rebuilt for the call. And a batch of one record (batch_size=1, or the last of a
+    window: 8 records in sevens) threw its prepared tokens away and ran the whole pipeline."""
     from transformers import pipeline
 
     from composer.records import to_jsonable
@@ -237,14 +239,15 @@ def test_inputs_are_tokenized_once_ahead_for_chunk_pipelines_and_text_pairs(task
     threads: list[str] = []
     original = type(reference).preprocess
     monkeypatch.setattr(type(reference), "preprocess", lambda self, *a, **k: threads.append(threading.current_thread().name) or original(self, *a, **k))
-    data = write_jsonl(tmp_path / "in.jsonl", PAIRS if pairs else [{"text": p["text"]} for p in PAIRS])
+    rows = PAIRS if pairs else [{"text": p["text"] + (" [MASK]" if task == "fill-mask" else "")} for p in PAIRS]
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
     overrides = ["model_input={text: text, text_pair: other}", "input.keep=[other]"] if pairs else []
     overrides += [f"call.candidate_labels=[{','.join(call['candidate_labels'])}]"] if call else []
     result = api.run(["experiment=tiny-sentiment", f"task={task}", f"model=tiny-{task}", "input=jsonl", f"input.path={data}",
-                      "batch_size=4", "threads=1", "progress=false", *overrides], run_dir=tmp_path / "run")
+                      f"batch_size={batch_size}", "threads=1", "progress=false", *overrides], run_dir=tmp_path / "run")
     assert result.status == "complete", result.manifest().get("error")
     assert threads == ["composer-prefetch"] * len(PAIRS)  # once per record, ahead of the model
     monkeypatch.undo()
-    for output, row in zip(result.outputs(), PAIRS):
+    for output, row in zip(result.outputs(), rows):
         model_input = {"text": row["text"], "text_pair": row["other"]} if pairs else row["text"]
         assert_close(output["prediction"], to_jsonable(reference(model_input, **call)), tol=1e-5, where=f"{task} {output['id']}")

@@ -509,6 +509,12 @@ class PipelineStage(Stage):
             return {arg: require_field(record, field, self.name) for arg, field in self.input_field.items()}
         return require_field(record, self.input_field, self.name)
 
+    def _as_single_calls(self, inputs: list[Any], outputs: list[Any], lengths: list[int | None]) -> list[Any]:
+        """A list call's outputs, each as the single-input call would have returned it."""
+        if len(outputs) != len(inputs):
+            raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(inputs)} inputs")
+        return [self._as_single_call(i, o, n) for i, o, n in zip(inputs, outputs, lengths)]
+
     def _as_single_call(self, model_input: Any, output: Any, length: int | None = None) -> Any:
         # TextClassificationPipeline wraps a lone string's result in a list unless top_k is
         # passed at call time (transformers' "legacy" behaviour); list calls do not.
@@ -574,24 +580,22 @@ class PipelineStage(Stage):
         """Outputs for these inputs, each equal to the pipeline's single-input result (JSON-clean)."""
         started = time.perf_counter()
         pipe = self._thread_pipe()
-        if len(inputs) == 1 or self.one_record_because is not None:
+        # The input prepared ahead is the one to run (a {text, text_pair} input is rebuilt per
+        # call, hence equality and not only identity).
+        if prepared and all(p is not None and (p[0] is i or p[0] == i) for p, i in zip(prepared, inputs)):
+            # Tokenized ahead: the pipeline's own loop from collate on, in batches of
+            # self.batch_size (one record each once the stage runs records alone).
+            outputs = self._run_prepared([p[1] for p in prepared])
+            outputs = self._as_single_calls(inputs, outputs, [_token_length(p[1]) for p in prepared])
+        elif len(inputs) == 1 or self.one_record_because is not None:
             # A one-item list comes back unwrapped from some pipelines (fill-mask); a single
             # call is unambiguous and is exactly the reference result. Batches planned before
             # the stage learnt it must run records alone (a lazy load, another worker's failed
             # batch) run here record by record.
             outputs = [pipe(model_input, **self.call_kwargs) for model_input in inputs]
         else:
-            lengths: list[int | None] = [None] * len(inputs)
-            # The input prepared ahead is the one to run (a {text, text_pair} input is rebuilt
-            # per call, hence equality and not only identity).
-            if prepared and all(p is not None and (p[0] is i or p[0] == i) for p, i in zip(prepared, inputs)):
-                outputs = self._run_prepared([p[1] for p in prepared])  # tokenized ahead, same loop
-                lengths = [_token_length(p[1]) for p in prepared]
-            else:
-                outputs = pipe(inputs, batch_size=self.batch_size or len(inputs), **self.call_kwargs)
-            if len(outputs) != len(inputs):
-                raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(inputs)} inputs")
-            outputs = [self._as_single_call(i, o, n) for i, o, n in zip(inputs, outputs, lengths)]
+            outputs = pipe(inputs, batch_size=self.batch_size or len(inputs), **self.call_kwargs)
+            outputs = self._as_single_calls(inputs, outputs, [None] * len(inputs))
         self.batch_seconds.append(time.perf_counter() - started)
         return [to_jsonable(output) for output in outputs]
 
