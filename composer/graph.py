@@ -379,7 +379,9 @@ def _run_stage(stage: Stage, records: list[Record]) -> tuple[list[Record], list[
     except Exception as error:  # noqa: BLE001 - any stage error is a record error, isolated below
         if len(records) == 1:
             return [], [RecordFailure.from_exception(str(records[0].get("id")), stage.name, error)]
-        batch_error = error
+        # Only its type and message: the exception's traceback would keep the failed batch's
+        # tensors alive while its records are retried.
+        batch_error = (type(error), str(error))
     survivors: list[Record] = []
     failures: list[RecordFailure] = []
     for record in records:
@@ -388,7 +390,7 @@ def _run_stage(stage: Stage, records: list[Record]) -> tuple[list[Record], list[
         failures += failed
     hook = getattr(stage, "batch_failed_alone_ok", None)
     if not failures and hook is not None:
-        hook(len(records), batch_error)
+        hook(len(records), *batch_error)
     return survivors, failures
 
 

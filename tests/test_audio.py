@@ -332,3 +332,17 @@ def test_decoded_audio_is_summarised_in_json() -> None:
     assert summary == {"sampling_rate": 16_000, "samples": 32_000, "seconds": 2.0, "sha256": summary["sha256"]}
     assert summary["sha256"] == to_jsonable(AudioArray.of(samples.copy(), 16_000))["sha256"]
     assert isinstance(audio[:10], np.ndarray)
+
+
+def test_cached_ctc_runs_clips_alone_once_its_model_loads(clips: Path, tmp_path: Path) -> None:
+    """With the result cache the model loads lazily, after the window was planned in batches of
+    3; wav2vec2-base pads without an attention mask, so each clip must still run alone (its
+    output would otherwise depend on its batch-mates' lengths)."""
+    audio = [clips / "good" / "b_tone.flac", clips / "long_60s.wav", clips / "phone_8k.wav"]
+    result = api.run(["experiment=asr", CTC, f"input.records=[{','.join(map(str, audio))}]", "cache=on",
+                      f"cache.path={tmp_path / 'cache.sqlite'}", *COMMON, "batch_size=3"], run_dir=tmp_path / "run")
+    assert result.status == "complete", result.errors()
+    assert "without an attention mask" in result.manifest()["stages"]["model"]["batching"]["one_record_because"]
+    plain = _plain("automatic-speech-recognition", "automatic-speech-recognition")
+    for output, path in zip(result.outputs(), audio):
+        assert_close(output["prediction"], to_jsonable(plain(_expected_array(path))), where=path.name)

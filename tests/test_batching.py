@@ -251,3 +251,45 @@ def test_inputs_are_tokenized_once_ahead_for_chunk_pipelines_and_text_pairs(task
     for output, row in zip(result.outputs(), rows):
         model_input = {"text": row["text"], "text_pair": row["other"]} if pairs else row["text"]
         assert_close(output["prediction"], to_jsonable(reference(model_input, **call)), tol=1e-5, where=f"{task} {output['id']}")
+
+
+@pytest.fixture(scope="module")
+def padless_classifier(tmp_path_factory) -> str:
+    """The tiny text classifier with its tokenizer's pad token removed (as GPT-2-based
+    classifiers ship): pipeline() runs it one input at a time but refuses to batch it."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from composer.testing import tiny_model_path
+
+    folder = tmp_path_factory.mktemp("padless") / "model"
+    shutil.copytree(tiny_model_path("text-classification"), folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_model_that_cannot_batch_runs_one_record_per_batch(padless_classifier, tmp_path):
+    """Found in review: a batch of one record tokenized ahead was padded anyway (and failed for
+    want of a pad token) although pipe(x) runs it. Batches that keep failing while each record
+    runs alone switch the stage, mid-window, to one record per batch."""
+    from transformers import pipeline
+
+    from composer.records import to_jsonable
+
+    reference = pipeline("text-classification", model=padless_classifier)
+    texts = [("word " * n).strip() for n in (9, 3, 12, 1, 6, 4)]
+    base = ["experiment=tiny-sentiment", f"model.id={padless_classifier}", "input=inline", "threads=1", "progress=false"]
+    alone = api.run([*base, f"input.records=[{texts[0]}]"], run_dir=tmp_path / "alone")
+    assert alone.status == "complete", alone.errors()
+    assert "one_record_because" not in alone.manifest()["stages"]["model"]["batching"]
+    result = api.run([*base, f"input.records=[{','.join(texts)}]", "batch_size=2"], run_dir=tmp_path / "run")
+    assert result.status == "complete", result.errors()
+    batching = result.manifest()["stages"]["model"]["batching"]
+    assert batching["batch_size"] == 1 and "cannot do batching" in batching["one_record_because"]
+    # One sorted window: [12, 9] and [6, 4] failed and ran alone, then [3] and [1] were planned alone.
+    assert result.manifest()["counts"]["batches"] == 4
+    for output in [*alone.outputs(), *result.outputs()]:
+        assert_close(output["prediction"], to_jsonable(reference(output["text"])), where=output["text"])

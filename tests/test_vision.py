@@ -432,12 +432,14 @@ def test_object_detection_boxes_match_the_pipeline(tmp_path, photo_folder):
 
 
 def test_inputs_the_pipeline_cannot_batch_fall_back_to_one_record_per_batch(tmp_path):
-    """Differently sized images cannot be stacked by the detection pipeline: the first batch fails,
-    each of its images then runs alone, and the rest of the run uses one-image batches (said in
-    the manifest and the summary) instead of failing once per batch; outputs are the plain ones."""
+    """Differently sized images cannot be stacked by the detection pipeline: batches fail, each of
+    their images then runs alone, and once that recurs the rest of the run uses one-image batches
+    (said in the manifest and the summary) instead of failing once per batch; outputs are the
+    plain ones."""
     folder = tmp_path / "sizes"
     folder.mkdir()
-    for k, (height, width) in enumerate([(40, 50), (30, 20), (64, 64), (24, 48), (50, 30)]):
+    sizes = [(40, 50), (30, 20), (64, 64), (24, 48), (50, 30), (36, 60), (44, 28)]
+    for k, (height, width) in enumerate(sizes):
         noise_image(height, width, k).save(folder / f"{k}.png")
     done = run_cli(
         "run", *COMMON, "experiment=object-detection", "model=tiny-object-detection", "input=image_folder",
@@ -447,16 +449,33 @@ def test_inputs_the_pipeline_cannot_batch_fall_back_to_one_record_per_batch(tmp_
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     batching = manifest["stages"]["model"]["batching"]
     assert (batching["requested_batch_size"], batching["batch_size"]) == (2, 1)
-    assert batching["one_record_because"].startswith("a batch of 2 failed (RuntimeError: ")
-    assert "one record per batch: a batch of 2 failed" in done.stderr
-    # [0, 1] failed and ran alone; 2, 3 and 4 were planned one per batch (not [2, 3], [4]).
-    assert manifest["counts"] == {"records_in": 5, "records_ok": 5, "records_failed": 0, "batches": 4}
+    assert batching["one_record_because"].startswith("batches of 2 failed (RuntimeError: ")
+    assert "one record per batch: batches of 2 failed" in done.stderr
+    # [0, 1] and [2, 3] failed and ran alone (the second failure makes it a pattern); 4, 5 and 6
+    # then ran one per batch (not [4, 5], [6]).
+    assert manifest["counts"] == {"records_in": 7, "records_ok": 7, "records_failed": 0, "batches": 5}
     reference = reference_pipeline("object-detection", "object-detection")
     outputs = read_jsonl(tmp_path / "run" / "outputs.jsonl")
-    assert [o["id"] for o in outputs] == [f"{k}.png" for k in range(5)]
+    assert [o["id"] for o in outputs] == [f"{k}.png" for k in range(len(sizes))]
     for output in outputs:
         image = Image.open(folder / output["id"]).convert("RGB")
         assert_close(output["prediction"], to_jsonable(reference(image, threshold=0.0)), tol=1e-4, where=output["id"])
+
+
+def test_one_odd_image_among_many_does_not_switch_the_run_to_one_per_batch(tmp_path):
+    """Only the batch holding the odd-sized image fails (and runs alone); the other same-size
+    images keep batching."""
+    folder = tmp_path / "uniform"
+    folder.mkdir()
+    for k in range(7):
+        height, width = (30, 20) if k == 3 else (40, 50)
+        noise_image(height, width, k).save(folder / f"{k}.png")
+    result = run(tmp_path, "run", "experiment=object-detection", "model=tiny-object-detection", "input=image_folder",
+                 f"input.path={folder}", "call.threshold=0.0", "batch_size=2")
+    assert result.status == "complete" and len(result.outputs()) == 7
+    batching = result.manifest()["stages"]["model"]["batching"]
+    assert batching["batch_size"] == 2 and "one_record_because" not in batching
+    assert result.manifest()["counts"]["batches"] == 4  # [0, 1], [2, 3] (failed, ran alone), [4, 5], [6]
 
 
 def test_image_text_to_text_answers_a_chat_per_image(tmp_path, photo_folder):

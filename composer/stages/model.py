@@ -110,9 +110,11 @@ class PipelineStage(Stage):
         self.onednn_linear = bool(onednn_linear)
         self.batch_choice: dict[str, Any] | None = None
         # Why this stage runs one record per batch although batch_size says more (None while it
-        # batches): its model pads without an attention mask, or a batch failed while each of its
-        # records ran alone. Reported in the manifest.
+        # batches): its model pads without an attention mask, or batches kept failing while each
+        # of their records ran alone (batch_failed_alone_ok). Reported in the manifest.
         self.one_record_because: str | None = None
+        self._batches_tried = 0  # process() calls with more than one record
+        self._batches_failed_alone_ok = 0
         self._length_counter: Any = None
         # Pipeline preprocess outputs made ahead by the prefetch thread: record id -> (input, item).
         self._prepared: dict[str, tuple[Any, Any]] = {}
@@ -138,7 +140,7 @@ class PipelineStage(Stage):
         # own shallow copy of the pipeline (own tokenizer), the model's weights are shared.
         self.workers = 1
         self._per_thread = threading.local()
-        self._lock = threading.Lock()  # loading on a first cache miss, and the counters
+        self._lock = threading.RLock()  # a first cache miss loading the model (which may set one_record_because), counters
 
     def check(self) -> list:
         """Deep checks that need transformers but no weights: task parameters, quantization, model."""
@@ -344,7 +346,9 @@ class PipelineStage(Stage):
             # A chunk pipeline iterates its preprocess: the prepared model inputs, in order.
             runner.preprocess = (lambda item, **_: iter(item)) if self._chunked() else (lambda item, **_: item)
         _, forward, post = self._pipeline_params()
-        return list(runner.get_iterator(items, 0, self.batch_size or len(items), {}, forward, post))
+        # At most the items given: get_iterator pads (and needs a pad token) for any size but 1.
+        size = min(self.batch_size or len(items), len(items))
+        return list(runner.get_iterator(items, 0, size, {}, forward, post))
 
     PROBE_SIZES = (4, 8, 16, 32, 64)
 
@@ -494,7 +498,7 @@ class PipelineStage(Stage):
                 onednn_linear(self.pipe.model)
             modelpool.hold(self.pool_key, self.pipe)
         self.load_seconds = time.perf_counter() - started
-        if self._padding_changes_outputs():
+        if self._padding_changes_outputs() and self.batch_size != 1:
             self.one_record_at_a_time("the feature extractor pads without an attention mask, so a record's output "
                                       "would depend on its batch-mates' lengths")
 
@@ -545,6 +549,9 @@ class PipelineStage(Stage):
             self.input_tokens += counted
 
     def process(self, records: list[Record]) -> list[Record]:
+        if len(records) > 1:
+            with self._lock:
+                self._batches_tried += 1
         prepared = [self._prepared.pop(str(record["id"]), None) for record in records] if self._prepared else None
         inputs = [self._model_input(record) for record in records]
         if self.cache is None:
@@ -601,17 +608,27 @@ class PipelineStage(Stage):
 
     def one_record_at_a_time(self, reason: str) -> None:
         """From now on every batch holds one record (the first reason given is the one kept)."""
-        if self.one_record_because is None:
-            self.one_record_because = reason
-            self.batch_size = 1
+        with self._lock:
+            if self.one_record_because is None:
+                self.one_record_because = reason
+                self.batch_size = 1
 
-    def batch_failed_alone_ok(self, size: int, error: Exception) -> None:
-        """A batch of `size` records failed and each record then ran alone without error: the
-        pipeline cannot batch these inputs (images its processor resizes to different shapes,
-        documents of different lengths), so later batches hold one record instead of failing
-        once each and repeating their work."""
-        detail = " ".join(f"{type(error).__name__}: {error}".split())
-        self.one_record_at_a_time(f"a batch of {size} failed ({detail[:300]}) and each of its records ran alone")
+    def batch_failed_alone_ok(self, size: int, error_type: type, message: str) -> None:
+        """A batch of `size` records failed with `error_type: message` and each record then ran
+        alone without error. When that keeps happening (at least two such batches, and at least
+        half of the batches so far) the pipeline cannot batch these inputs (images its processor
+        resizes to different shapes, documents of different lengths, a tokenizer without a pad
+        token), so later batches hold one record instead of failing once each and repeating
+        their work. One odd input among many that batch fine does not switch the run; running
+        out of memory never does (a smaller batch fits; that is batch_size=auto's business)."""
+        if error_type.__name__ == "OutOfMemoryError" or "out of memory" in message.lower():
+            return
+        with self._lock:
+            self._batches_failed_alone_ok += 1
+            recurring = self._batches_failed_alone_ok >= 2 and 2 * self._batches_failed_alone_ok >= self._batches_tried
+        if recurring:
+            detail = " ".join(f"{error_type.__name__}: {message}".split())[:300]
+            self.one_record_at_a_time(f"batches of {size} failed ({detail}) while each of their records ran alone")
 
     def _padding_changes_outputs(self) -> bool:
         """Whether a record's output would depend on its batch-mates' lengths: audio feature
