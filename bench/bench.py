@@ -100,10 +100,12 @@ def windows_sorted(lengths: list[int], window: int) -> list[list[int]]:
     return order
 
 
-def hand_loop(model, tokenizer, texts: list[str], batch_size: int, order: list[int], workers: int = 1) -> list[dict]:
+def hand_loop(model, tokenizer, texts: list[str], batch_size: int, order: list[int], workers: int = 1,
+              spans: list | None = None) -> list[dict]:
     """Tokenizer + model over `order` in batches; with workers > 1 the batches run side by side
     on that many threads (one intra-op thread each, each thread with its own tokenizer copy),
-    the split composer's workers=auto makes."""
+    the split composer's workers=auto makes. `spans` (bench/trace.py) collects each batch's
+    (thread, start, end, thread CPU seconds)."""
     import copy
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -114,6 +116,7 @@ def hand_loop(model, tokenizer, texts: list[str], batch_size: int, order: list[i
     own = threading.local()
 
     def run(indices: list[int]) -> None:
+        started, cpu = time.perf_counter(), time.thread_time()
         if workers > 1 and not hasattr(own, "tokenizer"):
             own.tokenizer = copy.deepcopy(tokenizer)
         with torch.inference_mode():
@@ -122,6 +125,8 @@ def hand_loop(model, tokenizer, texts: list[str], batch_size: int, order: list[i
         for i, row in zip(indices, probs.tolist()):
             best = max(range(len(row)), key=row.__getitem__)
             results[i] = {"label": model.config.id2label[best], "score": row[best]}
+        if spans is not None:
+            spans.append((threading.get_ident(), started, time.perf_counter(), time.thread_time() - cpu))
 
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     if workers <= 1:
