@@ -167,6 +167,34 @@ def test_batch_size_auto_on_cuda_shrinks_from_256_until_a_batch_fits():
     assert sorted(i for b in batches for i in b) == list(range(40))
 
 
+@pytest.mark.parametrize("fails_alone", [False, True])
+def test_batch_size_auto_on_cuda_when_batches_fail_for_another_reason(fails_alone):
+    """Found beside the one-record fallback: the CUDA probe let any error but out-of-memory
+    escape and end the run. A pipeline that cannot batch (no pad token) runs one record per
+    batch; an input that fails alone too leaves the default size (its record then fails in its
+    own batch)."""
+    from composer.stages.model import PipelineStage
+
+    class CannotBatch:
+        device = "cuda:0"
+
+        def __call__(self, inputs, batch_size=None, **call):
+            if fails_alone or isinstance(inputs, list):
+                raise ValueError("Pipeline with tokenizer without pad_token cannot do batching.")
+            return {"label": "x", "score": 1.0}
+
+    stage = PipelineStage("model", task="text-classification", batch_size="auto")
+    stage.pipe = CannotBatch()
+    records = [{"id": str(i), "text": "word " * (i + 1)} for i in range(10)]
+    batches = list(stage.plan_batches(records, {str(i): i + 1 for i in range(10)}))
+    assert stage.batch_choice["tried"] == [256]  # not out of memory: accelerate does not shrink and retry
+    if fails_alone:
+        assert stage.batch_size == 8 and stage.one_record_because is None and stage.batch_choice["method"].startswith("default")
+    else:
+        assert stage.batch_size == 1 and "cannot do batching" in stage.one_record_because
+    assert sorted(i for b in batches for i in b) == list(range(10)) and all(len(b) <= stage.batch_size for b in batches)
+
+
 class SlowHead(Stage):
     """A prefetchable transform whose second window takes longer than the old 5 s join timeout."""
 

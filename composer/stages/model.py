@@ -407,7 +407,10 @@ class PipelineStage(Stage):
     def _cuda_batch_size(self, longest: Any) -> int:
         """The largest batch of copies of the window's longest input that runs without running
         out of memory (from 256 down, shrinking after each out-of-memory error as accelerate's
-        find_executable_batch_size does); the probe's outputs are thrown away."""
+        find_executable_batch_size does); the probe's outputs are thrown away. A failure other
+        than out-of-memory: if the input runs alone, the pipeline cannot batch (a tokenizer
+        without a pad token) and the stage runs one record per batch; if it fails alone too, its
+        record fails in its own batch and the run keeps the default size."""
         from accelerate.utils import find_executable_batch_size
 
         tried: list[int] = []
@@ -418,9 +421,21 @@ class PipelineStage(Stage):
             self.pipe([longest] * batch_size, batch_size=batch_size, **self.call_kwargs)
             return batch_size
 
-        chosen = attempt()
-        self.batch_choice = {"requested": "auto", "chosen": chosen, "method": "cuda: accelerate find_executable_batch_size", "tried": tried}
-        return chosen
+        try:
+            chosen = attempt()
+            self.batch_choice = {"requested": "auto", "chosen": chosen, "method": "cuda: accelerate find_executable_batch_size", "tried": tried}
+            return chosen
+        except Exception as error:  # noqa: BLE001 - not out of memory (accelerate retried those)
+            detail = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        # Outside the except block, so the failed batch's tensors are freed before this call.
+        try:
+            self.pipe(longest, **self.call_kwargs)
+        except Exception:  # noqa: BLE001 - the record fails again in its batch, with its own message
+            self.batch_choice = {"requested": "auto", "chosen": 8, "method": f"default (the probe's input fails: {detail})", "tried": tried}
+            return 8
+        self.one_record_at_a_time(f"batches of copies of one input failed ({detail}) while it ran alone")
+        self.batch_choice = {"requested": "auto", "chosen": 1, "method": "cuda: batches fail while one input runs", "tried": tried}
+        return 1
 
     def _resolved_model(self) -> Any:
         """Where the model comes from (provisioned, local, cached or the Hub), found without
