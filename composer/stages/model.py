@@ -56,6 +56,11 @@ def _accelerator_blocker(device: Any) -> str | None:
     return None if str(device) in ("cpu", "-1") else f"the model runs on {device}; one batch at a time keeps the accelerator busy"
 
 
+def _one_line(error_type: type, message: str) -> str:
+    """An error as one line of at most 300 characters, for the manifest's batching notes."""
+    return " ".join(f"{error_type.__name__}: {message}".split())[:300]
+
+
 def _token_length(prepared: Any) -> int | None:
     """The token count of an input the pipeline's preprocess already tokenized, if it has one."""
     input_ids = prepared.get("input_ids") if hasattr(prepared, "get") else None
@@ -426,7 +431,7 @@ class PipelineStage(Stage):
             self.batch_choice = {"requested": "auto", "chosen": chosen, "method": "cuda: accelerate find_executable_batch_size", "tried": tried}
             return chosen
         except Exception as error:  # noqa: BLE001 - not out of memory (accelerate retried those)
-            detail = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+            detail = _one_line(type(error), str(error))
         # Outside the except block, so the failed batch's tensors are freed before this call.
         try:
             self.pipe(longest, **self.call_kwargs)
@@ -468,9 +473,10 @@ class PipelineStage(Stage):
             self._make_preparer()
 
     def _prepares_ahead(self) -> bool:
-        """Whether prepare() tokenizes ahead: a loaded PREPARED_TASKS pipeline whose records run
-        batched (with the result cache, process() looks outputs up by input and runs the misses)."""
-        return self.pipe is not None and self.cache is None and self.task in PREPARED_TASKS and not self._padding_changes_outputs()
+        """Whether prepare() tokenizes ahead: a loaded PREPARED_TASKS pipeline without the result
+        cache (with it, process() looks outputs up by input and runs the misses). Prepared inputs
+        run in the stage's batches, one record each once one_record_because is set."""
+        return self.pipe is not None and self.cache is None and self.task in PREPARED_TASKS
 
     def _load(self) -> None:
         from transformers import pipeline
@@ -642,8 +648,7 @@ class PipelineStage(Stage):
             self._batches_failed_alone_ok += 1
             recurring = self._batches_failed_alone_ok >= 2 and 2 * self._batches_failed_alone_ok >= self._batches_tried
         if recurring:
-            detail = " ".join(f"{error_type.__name__}: {message}".split())[:300]
-            self.one_record_at_a_time(f"batches of {size} failed ({detail}) while each of their records ran alone")
+            self.one_record_at_a_time(f"batches of {size} failed ({_one_line(error_type, message)}) while each of their records ran alone")
 
     def _padding_changes_outputs(self) -> bool:
         """Whether a record's output would depend on its batch-mates' lengths: audio feature
