@@ -265,6 +265,7 @@ def plan(config: dict, run_dir: str | None = None) -> Graph:
 DEFAULT_SORT_WINDOW = 256
 AUTO_BATCH_WINDOW = 128  # batch_size=auto without length sorting: records per window (the probe needs some)
 BATCHES_PER_WORKER = 8  # an automatic window holds at least this many batches per worker
+QUEUED_PER_WORKER = 2  # batches submitted per model worker: one running, one waiting its turn
 
 
 def _stage_runtime_params(config: dict) -> dict[str, Any]:
@@ -571,13 +572,15 @@ def _run_batched(
     """Run a model stage over a window in the batches it plans (length-sorted, under a token
     budget), each batch with per-record error isolation; survivors come back in input order.
     With `workers`, up to the stage's `workers` batches run at once, each on a worker thread
-    (torch releases the GIL in the forward pass). A plan item that is a tuple of batches is a
-    round (batch_size=auto's probe): its batches run side by side and all finish before the
-    plan is asked for the next item, so the plan can time the round.
+    (torch releases the GIL in the forward pass), and as many more wait in the pool's queue, so
+    a worker that finishes a batch starts the next at once instead of waiting for this thread
+    to wake and hand it over. A plan item that is a tuple of batches is a round (batch_size=auto's
+    probe): its batches run side by side and all finish before the plan is asked for the next
+    item, so the plan can time the round.
 
     After each batch `halt(failures so far)` may stop the window early: batches already running
-    finish, and the third value is the input position of the first record left undone (None
-    when all were run)."""
+    finish, queued ones are dropped, and the third value is the input position of the first
+    record left undone (None when all were run)."""
     plan = stage.plan_batches(records, lengths)  # type: ignore[attr-defined]
     done = [False] * len(records)
     kept_ids: set[str] = set()
@@ -597,6 +600,7 @@ def _run_batched(
     halted = False
     try:
         width = getattr(stage, "workers", 1) if workers is not None else 1
+        in_flight = width * QUEUED_PER_WORKER if width > 1 else 1
         for item in plan:
             for indices in item if isinstance(item, tuple) else (item,):
                 batch = [records[i] for i in indices]
@@ -606,10 +610,12 @@ def _run_batched(
                     future: Future = Future()
                     future.set_result(_run_stage(stage, batch))
                     running[future] = indices
-            while running and (isinstance(item, tuple) or len(running) >= width):
+            while running and (isinstance(item, tuple) or len(running) >= in_flight):
                 collect(wait(running, return_when=FIRST_COMPLETED).done)
             if not all(done) and halt(len(failures)):
                 halted = True
+                for future in [f for f in running if f.cancel()]:  # queued, not started
+                    del running[future]
                 break
         collect(wait(running).done)
     finally:

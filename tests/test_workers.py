@@ -7,6 +7,7 @@ would pick 1), and checks that batches really ran on two threads.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -136,6 +137,40 @@ def test_a_stop_with_batches_running_side_by_side_writes_a_prefix_that_resume_co
     resumed = api.resume(tmp_path / "stopped")
     assert resumed.status == "complete"
     _assert_same(reference, resumed.outputs(), "resumed")
+
+
+def test_a_stop_drops_the_batches_still_queued_for_the_workers(tmp_path, monkeypatch):
+    """Each worker has a batch running and one queued; a stop lets the running ones finish but
+    starts none of the queued ones."""
+    started: list[int] = []
+    stopped = threading.Event()
+    original = PipelineStage.process
+
+    def process(self, records):
+        started.append(len(records))
+        if len(started) > 1:  # hold every batch but the first until the stop, then give it time to cancel
+            stopped.wait(10)
+            time.sleep(0.2)
+        return original(self, records)
+
+    class StopOnceFourAreIn(stop_requested_at(4)):  # a look follows each of the 4 submissions
+        @property
+        def requested(self) -> bool:
+            type(self).checks += 1
+            if type(self).checks >= 4:
+                stopped.set()
+            return stopped.is_set()
+
+    monkeypatch.setattr(PipelineStage, "process", process)
+    monkeypatch.setattr(api, "_StopRequests", StopOnceFourAreIn)
+    data = tmp_path / "input.jsonl"
+    write_jsonl(data, [{"n": i, "text": t} for i, t in enumerate(TEXTS)])
+    result = api.run(["experiment=tiny-sentiment", "input=jsonl", f"input.path={data}", "input.id_field=n", "progress=false",
+                      "batch_size=4", "sort_window=40", "threads=2", "workers=2"], run_dir=tmp_path / "run")
+    assert result.status == "interrupted"
+    # Four batches in: the first finished (then the stop), the second (other worker) and third
+    # (taken by the first worker as it freed) were running; the fourth was queued and never ran.
+    assert len(started) == 3
 
 
 def test_threads_null_returns_to_torchs_default_after_a_run_that_set_more(tmp_path, monkeypatch):
