@@ -29,6 +29,7 @@ from composer.records import canonical_json
 
 T = TypeVar("T")
 _RETRIES = 20
+_KEYS_PER_QUERY = 500  # SQLite before 3.32 allows 999 variables per statement; a window may hold more records
 
 
 def default_path() -> Path:
@@ -68,11 +69,14 @@ class ResultCache:
         raise AssertionError("unreachable")
 
     def get_many(self, keys: list[str]) -> dict[str, Any]:
-        if not keys:
-            return {}
-        marks = ",".join("?" * len(keys))
-        rows = self._retry(lambda: self._db.execute(f"SELECT key, value FROM results WHERE key IN ({marks})", keys).fetchall())
-        return {key: json.loads(value) for key, value in rows}
+        found: dict[str, Any] = {}
+        for start in range(0, len(keys), _KEYS_PER_QUERY):
+            chunk = keys[start:start + _KEYS_PER_QUERY]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT key, value FROM results WHERE key IN ({marks})"
+            rows = self._retry(lambda: self._db.execute(query, chunk).fetchall())
+            found.update((key, json.loads(value)) for key, value in rows)
+        return found
 
     def put_many(self, items: dict[str, Any]) -> None:
         if not items:

@@ -134,3 +134,18 @@ def test_cache_info_and_clear(tmp_path):
     assert ResultCache(path).info()["entries"] == 0
     os.environ.get("COMPOSER_CACHE_DIR")  # the default location lives under it
     assert Path(os.environ["COMPOSER_CACHE_DIR"]) / "results.sqlite" == __import__("composer.cache", fromlist=["x"]).default_path()
+
+
+def test_a_lookup_of_more_keys_than_sqlite_binds_in_one_statement(tmp_path):
+    """A window of batch_size=auto with the cache on asks for every record's key at once; SQLite
+    builds before 3.32 (and any build may be set lower) refuse more than 999 variables in one
+    statement."""
+    import sqlite3
+
+    cache = ResultCache(tmp_path / "cache.sqlite")
+    cache._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # as in such a build
+    keys = [f"k{i}" for i in range(2_500)]
+    cache.put_many({key: {"n": i} for i, key in enumerate(keys) if i % 3 == 0})
+    found = cache.get_many(keys)
+    assert len(found) == len(range(0, 2_500, 3)) and found["k2499"] == {"n": 2499}
+    cache.close()
