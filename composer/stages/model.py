@@ -367,8 +367,14 @@ class PipelineStage(Stage):
         for more), so what is measured is the throughput the run will get. The probe batches are
         real work, not extra: their records are done. Yields the probe rounds; returns the order
         of the records still to run."""
-        device = str(getattr(self.pipe, "device", "cpu")) if self.pipe is not None else "cpu"
+        if self.cache is not None and not self._cache_misses_any([self._model_input(records[i]) for i in order]):
+            return order  # every record is cached: nothing to measure, no model to load; a later window probes
+        # With the result cache the model loads at the first miss, so it may not be loaded yet.
+        device = str(getattr(self.pipe, "device", "cpu")) if self.pipe is not None else self._configured_device()
         if device.startswith("cuda"):
+            with self._lock:
+                if self.pipe is None:
+                    self._load()
             self.batch_size = self._cuda_batch_size(self._model_input(records[max(order, key=sizes.__getitem__)]))
             return order
         middle_length = max(1, sizes[order[len(order) // 2]])
@@ -584,11 +590,18 @@ class PipelineStage(Stage):
         self._count_input_tokens(records)  # after success: a failed batch is retried record by record
         return records
 
-    def _predict_cached(self, inputs: list[Any]) -> list[Any]:
+    def _cache_keys(self, inputs: list[Any]) -> list[str]:
         from composer.cache import record_key
 
         fingerprint = self.fingerprint()
-        keys = [record_key(fingerprint, self.upstream_fingerprint, to_jsonable(i)) for i in inputs]
+        return [record_key(fingerprint, self.upstream_fingerprint, to_jsonable(i)) for i in inputs]
+
+    def _cache_misses_any(self, inputs: list[Any]) -> bool:
+        keys = self._cache_keys(inputs)
+        return len(self.cache.get_many(keys)) < len(set(keys))
+
+    def _predict_cached(self, inputs: list[Any]) -> list[Any]:
+        keys = self._cache_keys(inputs)
         found = self.cache.get_many(keys)
         todo = [index for index, key in enumerate(keys) if key not in found]
         if todo:
