@@ -369,12 +369,15 @@ class PipelineStage(Stage):
         of the records still to run."""
         if self.cache is not None and not self._cache_misses_any([self._model_input(records[i]) for i in order]):
             return order  # every record is cached: nothing to measure, no model to load; a later window probes
-        # With the result cache the model loads at the first miss, so it may not be loaded yet.
-        device = str(getattr(self.pipe, "device", "cpu")) if self.pipe is not None else self._configured_device()
-        if device.startswith("cuda"):
+        if self.pipe is None and self._configured_device().startswith("cuda"):
+            # The result cache loads the model at the first miss; the GPU probe needs it now.
             with self._lock:
                 if self.pipe is None:
                     self._load()
+            if self.one_record_because is not None:
+                return order  # the loaded model cannot batch (wav2vec2-style padding)
+        device = str(getattr(self.pipe, "device", "cpu")) if self.pipe is not None else "cpu"
+        if device.startswith("cuda"):
             self.batch_size = self._cuda_batch_size(self._model_input(records[max(order, key=sizes.__getitem__)]))
             return order
         middle_length = max(1, sizes[order[len(order) // 2]])
