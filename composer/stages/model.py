@@ -368,7 +368,9 @@ class PipelineStage(Stage):
         real work, not extra: their records are done. Yields the probe rounds; returns the order
         of the records still to run."""
         if self.cache is not None and not self._cache_misses_any([self._model_input(records[i]) for i in order]):
-            return order  # every record is cached: nothing to measure, no model to load; a later window probes
+            # Nothing to measure and no model to load: a later window with a miss probes.
+            self.batch_choice = {"requested": "auto", "chosen": None, "method": "not probed: every record so far came from the result cache"}
+            return order
         if self.pipe is None and self._configured_device().startswith("cuda"):
             # The result cache loads the model at the first miss; the GPU probe needs it now.
             with self._lock:
