@@ -55,13 +55,13 @@ def test_a_repeated_run_hits_every_record_and_loads_no_model(cached):
 
 def test_batch_size_auto_on_a_cached_rerun_probes_nothing_and_says_so(cached):
     """A rerun served from the cache has no model to measure: batch_size=auto's probe would time
-    cache lookups. It loads nothing and the manifest says why no size was chosen."""
+    cache lookups. It loads nothing, keeps the default size and the manifest says why."""
     run, _ = cached
     first, facts = run("batch_size=auto")
     assert facts["loaded"] is True and facts["batching"]["auto"]["chosen"] == 8  # 5 records: too few to probe
     second, facts = run("batch_size=auto")
     assert facts["loaded"] is False and facts["cache"]["hits"] == 5
-    assert facts["batching"]["batch_size"] is None and facts["batching"]["auto"]["method"].startswith("not probed")
+    assert facts["batching"]["batch_size"] == 8 and "result cache" in facts["batching"]["auto"]["method"]
     assert (second.run_dir / "outputs.jsonl").read_bytes() == (first.run_dir / "outputs.jsonl").read_bytes()
 
 

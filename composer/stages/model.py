@@ -368,8 +368,10 @@ class PipelineStage(Stage):
         real work, not extra: their records are done. Yields the probe rounds; returns the order
         of the records still to run."""
         if self.cache is not None and not self._cache_misses_any([self._model_input(records[i]) for i in order]):
-            # Nothing to measure and no model to load: a later window with a miss probes.
-            self.batch_choice = {"requested": "auto", "chosen": None, "method": "not probed: every record so far came from the result cache"}
+            # A rerun: nothing to measure and no model to load (looking again in every window
+            # would double a cached run's lookups), so records that miss later use the default.
+            self.batch_size = 8
+            self.batch_choice = {"requested": "auto", "chosen": 8, "method": "default (the first window came wholly from the result cache)"}
             return order
         if self.pipe is None and self._configured_device().startswith("cuda"):
             # The result cache loads the model at the first miss; the GPU probe needs it now.
