@@ -68,15 +68,22 @@ class ResultCache:
                 time.sleep(0.05 * (attempt + 1) * random.uniform(0.5, 1.5))
         raise AssertionError("unreachable")
 
-    def get_many(self, keys: list[str]) -> dict[str, Any]:
-        found: dict[str, Any] = {}
+    def _select_keys(self, columns: str, keys: list[str]) -> list[tuple]:
+        """Rows of the results among `keys`, asked _KEYS_PER_QUERY keys at a time."""
+        rows: list[tuple] = []
         for start in range(0, len(keys), _KEYS_PER_QUERY):
             chunk = keys[start:start + _KEYS_PER_QUERY]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT key, value FROM results WHERE key IN ({marks})"
-            rows = self._retry(lambda: self._db.execute(query, chunk).fetchall())
-            found.update((key, json.loads(value)) for key, value in rows)
-        return found
+            query = f"SELECT {columns} FROM results WHERE key IN ({','.join('?' * len(chunk))})"
+            rows += self._retry(lambda: self._db.execute(query, chunk).fetchall())
+        return rows
+
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        return {key: json.loads(value) for key, value in self._select_keys("key, value", keys)}
+
+    def contains_all(self, keys: list[str]) -> bool:
+        """Whether every key has a result, without reading the results (embeddings are large)."""
+        unique = list(dict.fromkeys(keys))
+        return len(self._select_keys("key", unique)) == len(unique)
 
     def put_many(self, items: dict[str, Any]) -> None:
         if not items:

@@ -327,8 +327,8 @@ def test_a_model_that_cannot_batch_runs_one_record_per_batch(padless_classifier,
 def test_batch_size_auto_on_cuda_with_the_result_cache(case, tmp_path, monkeypatch):
     """Bug: with the result cache the model is not loaded when the first window is planned, so
     the device was read as CPU and a GPU run measured tokens/s instead of finding the largest
-    batch that fits. Now a first window with a miss loads the model and probes it where it
-    landed; one served wholly from the cache loads nothing and keeps the default size.
+    batch that fits. Now a window with a miss loads the model and probes it where it landed; a
+    window served wholly from the cache loads nothing and leaves the probe to a later window.
     Review findings: a model that turns out unable to batch keeps one record per batch, and a
     model a device_map kept on CPU is probed as on CPU."""
     from composer.cache import ResultCache
@@ -358,8 +358,12 @@ def test_batch_size_auto_on_cuda_with_the_result_cache(case, tmp_path, monkeypat
     batches = [b for item in plan for b in (item if isinstance(item, tuple) else (item,))]
     assert sorted(i for b in batches for i in b) == list(range(40))
     if case == "all cached":
-        assert stage.pipe is None and stage.batch_size == 8 and "result cache" in stage.batch_choice["method"]
+        assert stage.pipe is None and stage.batch_size is None and stage.batch_choice["method"].startswith("not probed")
         assert all(len(b) <= 8 for b in batches)
+        # The input grew since the cached run: the first window with a miss loads and probes.
+        fresh = [{"id": f"new{i}", "text": "other " * (i + 1)} for i in range(40)]
+        list(stage.plan_batches(fresh, {f"new{i}": i + 1 for i in range(40)}))
+        assert stage.pipe is not None and stage.batch_choice["method"].startswith("cuda") and stage.batch_size <= 32
     elif case == "cannot batch":
         assert stage.batch_size == 1 and stage.batch_choice is None and all(len(b) == 1 for b in batches)
     elif case == "lands on cpu":

@@ -55,13 +55,13 @@ def test_a_repeated_run_hits_every_record_and_loads_no_model(cached):
 
 def test_batch_size_auto_on_a_cached_rerun_probes_nothing_and_says_so(cached):
     """A rerun served from the cache has no model to measure: batch_size=auto's probe would time
-    cache lookups. It loads nothing, keeps the default size and the manifest says why."""
+    cache lookups. It loads nothing and the manifest says why no size was chosen."""
     run, _ = cached
     first, facts = run("batch_size=auto")
     assert facts["loaded"] is True and facts["batching"]["auto"]["chosen"] == 8  # 5 records: too few to probe
     second, facts = run("batch_size=auto")
     assert facts["loaded"] is False and facts["cache"]["hits"] == 5
-    assert facts["batching"]["batch_size"] == 8 and "result cache" in facts["batching"]["auto"]["method"]
+    assert facts["batching"]["batch_size"] is None and facts["batching"]["auto"]["method"].startswith("not probed")
     assert (second.run_dir / "outputs.jsonl").read_bytes() == (first.run_dir / "outputs.jsonl").read_bytes()
 
 
@@ -160,4 +160,5 @@ def test_a_lookup_of_more_keys_than_sqlite_binds_in_one_statement(tmp_path):
     cache.put_many({key: {"n": i} for i, key in enumerate(keys) if i % 3 == 0})
     found = cache.get_many(keys)
     assert len(found) == len(range(0, 2_500, 3)) and found["k2499"] == {"n": 2499}
+    assert cache.contains_all(keys[::3] * 2) and not cache.contains_all(keys[:3])
     cache.close()

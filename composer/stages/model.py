@@ -367,11 +367,10 @@ class PipelineStage(Stage):
         for more), so what is measured is the throughput the run will get. The probe batches are
         real work, not extra: their records are done. Yields the probe rounds; returns the order
         of the records still to run."""
-        if self.cache is not None and not self._cache_misses_any([self._model_input(records[i]) for i in order]):
-            # A rerun: nothing to measure and no model to load (looking again in every window
-            # would double a cached run's lookups), so records that miss later use the default.
-            self.batch_size = 8
-            self.batch_choice = {"requested": "auto", "chosen": 8, "method": "default (the first window came wholly from the result cache)"}
+        if self.cache is not None and self.cache.contains_all(self._cache_keys([self._model_input(records[i]) for i in order])):
+            # Nothing to measure and no model to load: the first window with a miss probes (a
+            # rerun of a grown input, say); until then the plan uses the default size.
+            self.batch_choice = {"requested": "auto", "chosen": None, "method": "not probed: every record so far came from the result cache"}
             return order
         if self.pipe is None and self._configured_device().startswith("cuda"):
             # The result cache loads the model at the first miss; the GPU probe needs it now.
@@ -602,10 +601,6 @@ class PipelineStage(Stage):
 
         fingerprint = self.fingerprint()
         return [record_key(fingerprint, self.upstream_fingerprint, to_jsonable(i)) for i in inputs]
-
-    def _cache_misses_any(self, inputs: list[Any]) -> bool:
-        keys = self._cache_keys(inputs)
-        return len(self.cache.get_many(keys)) < len(set(keys))
 
     def _predict_cached(self, inputs: list[Any]) -> list[Any]:
         keys = self._cache_keys(inputs)
