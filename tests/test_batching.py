@@ -323,19 +323,20 @@ def test_a_model_that_cannot_batch_runs_one_record_per_batch(padless_classifier,
         assert_close(output["prediction"], to_jsonable(reference(output["text"])), where=output["text"])
 
 
-@pytest.mark.parametrize("case", ["miss", "all cached", "cannot batch", "lands on cpu"])
-def test_batch_size_auto_on_cuda_with_the_result_cache(case, tmp_path, monkeypatch):
+@pytest.mark.parametrize("case", ["miss", "all cached", "cannot batch", "lands on cpu", "cpu"])
+def test_batch_size_auto_with_the_result_cache(case, tmp_path, monkeypatch):
     """Bug: with the result cache the model is not loaded when the first window is planned, so
     the device was read as CPU and a GPU run measured tokens/s instead of finding the largest
     batch that fits. Now a window with a miss loads the model and probes it where it landed; a
     window served wholly from the cache loads nothing and leaves the probe to a later window.
     Review findings: a model that turns out unable to batch keeps one record per batch, and a
-    model a device_map kept on CPU is probed as on CPU."""
+    model a device_map kept on CPU is probed as on CPU; on CPU the model loads before the first
+    probe round, which timed the load along with the batches and so never chose the smallest size."""
     from composer.cache import ResultCache
     from composer.stages.model import PipelineStage
 
     class OutOfMemoryAbove32:
-        device = "cpu" if case == "lands on cpu" else "cuda:0"
+        device = "cpu" if case in ("lands on cpu", "cpu") else "cuda:0"
 
         def __call__(self, inputs, batch_size, **call):
             if batch_size > 32:
@@ -347,14 +348,17 @@ def test_batch_size_auto_on_cuda_with_the_result_cache(case, tmp_path, monkeypat
         if case == "cannot batch":
             stage.one_record_at_a_time("the feature extractor pads without an attention mask")
 
-    stage = PipelineStage("model", task="text-classification", batch_size="auto", model={"device": "cuda"})
+    stage = PipelineStage("model", task="text-classification", batch_size="auto", model={"device": "cpu" if case == "cpu" else "cuda"})
     monkeypatch.setattr(stage, "fingerprint", lambda: "fingerprint")
     monkeypatch.setattr(stage, "_load", load)
     stage.use_cache(ResultCache(tmp_path / "cache.sqlite"), "upstream")
     records = [{"id": str(i), "text": "word " * (i + 1)} for i in range(40)]
     if case == "all cached":
         stage.cache.put_many({key: [{"label": "x", "score": 1.0}] for key in stage._cache_keys([r["text"] for r in records])})
-    plan = list(stage.plan_batches(records, {str(i): i + 1 for i in range(40)}))
+    planned = stage.plan_batches(records, {str(i): i + 1 for i in range(40)})
+    plan = [next(planned)]
+    loaded_before_the_first_batch = stage.pipe is not None
+    plan += list(planned)
     batches = [b for item in plan for b in (item if isinstance(item, tuple) else (item,))]
     assert sorted(i for b in batches for i in b) == list(range(40))
     if case == "all cached":
@@ -366,8 +370,9 @@ def test_batch_size_auto_on_cuda_with_the_result_cache(case, tmp_path, monkeypat
         assert stage.pipe is not None and stage.batch_choice["method"].startswith("cuda") and stage.batch_size <= 32
     elif case == "cannot batch":
         assert stage.batch_size == 1 and stage.batch_choice is None and all(len(b) == 1 for b in batches)
-    elif case == "lands on cpu":
+    elif case in ("lands on cpu", "cpu"):
         assert any(isinstance(item, tuple) for item in plan) and stage.batch_choice["method"].startswith("cpu")
+        assert loaded_before_the_first_batch
     else:
         assert all(isinstance(item, list) for item in plan)  # no CPU probe rounds
         assert stage.batch_choice["method"].startswith("cuda") and stage.batch_size <= 32

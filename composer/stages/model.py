@@ -372,8 +372,9 @@ class PipelineStage(Stage):
             # rerun of a grown input, say); until then the plan uses the default size.
             self.batch_choice = {"requested": "auto", "chosen": None, "method": "not probed: every record so far came from the result cache"}
             return order
-        if self.pipe is None and self._configured_device().startswith("cuda"):
-            # The result cache loads the model at the first miss; the GPU probe needs it now.
+        if self.pipe is None and self.cache is not None:
+            # The result cache loads the model at the first miss: load it now, so that the GPU
+            # probe has it and the first CPU round does not time the load.
             with self._lock:
                 if self.pipe is None:
                     self._load()
