@@ -80,10 +80,9 @@ class ResultCache:
     def get_many(self, keys: list[str]) -> dict[str, Any]:
         return {key: json.loads(value) for key, value in self._select_keys("key, value", keys)}
 
-    def contains_all(self, keys: list[str]) -> bool:
-        """Whether every key has a result, without reading the results (embeddings are large)."""
-        unique = list(dict.fromkeys(keys))
-        return len(self._select_keys("key", unique)) == len(unique)
+    def present(self, keys: list[str]) -> set[str]:
+        """The keys that have a result, without reading the results (embeddings are large)."""
+        return {key for (key,) in self._select_keys("key", list(dict.fromkeys(keys)))}
 
     def put_many(self, items: dict[str, Any]) -> None:
         if not items:

@@ -376,3 +376,23 @@ def test_batch_size_auto_with_the_result_cache(case, tmp_path, monkeypatch):
     else:
         assert all(isinstance(item, list) for item in plan)  # no CPU probe rounds
         assert stage.batch_choice["method"].startswith("cuda") and stage.batch_size <= 32
+
+
+def test_batch_size_auto_probes_only_records_the_result_cache_lacks(tmp_path, monkeypatch):
+    """Found in review: in a window partly served from the cache the CPU probe timed cache
+    lookups as if they were batches, so whichever size drew the most hits won."""
+    from composer.cache import ResultCache
+    from composer.stages.model import PipelineStage
+
+    class CpuPipe:
+        device = "cpu"
+
+    stage = PipelineStage("model", task="text-classification", batch_size="auto")
+    stage.pipe = CpuPipe()
+    monkeypatch.setattr(stage, "fingerprint", lambda: "fingerprint")
+    stage.use_cache(ResultCache(tmp_path / "cache.sqlite"), "upstream")
+    records = [{"id": str(i), "text": f"record {i}"} for i in range(256)]
+    stage.cache.put_many({key: [] for key in stage._cache_keys([r["text"] for r in records[::2]])})  # even ids cached
+    rounds = [item for item in stage.plan_batches(records, {str(i): 10 + i % 7 for i in range(256)}) if isinstance(item, tuple)]
+    probed = [i for round_ in rounds for batch in round_ for i in batch]
+    assert len(rounds) >= 2 and probed and all(i % 2 == 1 for i in probed)

@@ -367,7 +367,12 @@ class PipelineStage(Stage):
         for more), so what is measured is the throughput the run will get. The probe batches are
         real work, not extra: their records are done. Yields the probe rounds; returns the order
         of the records still to run."""
-        if self.cache is not None and self.cache.contains_all(self._cache_keys([self._model_input(records[i]) for i in order])):
+        uncached = order  # the records a probe may time: a cache hit would time a lookup
+        if self.cache is not None:
+            keys = self._cache_keys([self._model_input(records[i]) for i in order])
+            present = self.cache.present(keys)
+            uncached = [i for i, key in zip(order, keys) if key not in present]
+        if self.cache is not None and not uncached:
             # Nothing to measure and no model to load: the first window with a miss probes (a
             # rerun of a grown input, say); until then the plan uses the default size.
             self.batch_choice = {"requested": "auto", "chosen": None, "method": "not probed: every record so far came from the result cache"}
@@ -384,19 +389,19 @@ class PipelineStage(Stage):
         if device.startswith("cuda"):
             self.batch_size = self._cuda_batch_size(self._model_input(records[max(order, key=sizes.__getitem__)]))
             return order
-        middle_length = max(1, sizes[order[len(order) // 2]])
+        middle_length = max(1, sizes[uncached[len(uncached) // 2]])
         candidates = [c for c in self.PROBE_SIZES if self.max_batch_tokens is None or c <= max(1, self.max_batch_tokens // middle_length)]
         # Within half of the window around its median length, so every candidate runs on
         # records of similar length (graph._window_for makes automatic windows big enough).
-        while candidates and sum(candidates) * self.workers > len(order) // 2:
+        while candidates and sum(candidates) * self.workers > len(uncached) // 2:
             candidates.pop()
         if len(candidates) < 2:
             self.batch_size = 8
             self.batch_choice = {"requested": "auto", "chosen": 8, "method": "default (window too small to probe)"}
             return order
         span = sum(candidates) * self.workers
-        start = max(0, len(order) // 2 - span // 2)
-        probe = order[start:start + span]
+        start = max(0, len(uncached) // 2 - span // 2)
+        probe = uncached[start:start + span]
         measured: dict[int, float] = {}
         used: set[int] = set()
         cursor = 0
