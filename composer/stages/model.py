@@ -365,8 +365,9 @@ class PipelineStage(Stage):
         keep the size with the best tokens/s. With several workers each candidate runs as a round
         of one batch per worker (a tuple the graph runs side by side and finishes before asking
         for more), so what is measured is the throughput the run will get. The probe batches are
-        real work, not extra: their records are done. Yields the probe rounds; returns the order
-        of the records still to run."""
+        real work, not extra: their records are done. With the result cache only records it
+        lacks are timed, and a window it serves wholly is not probed (the model may never load).
+        Yields the probe rounds; returns the order of the records still to run."""
         uncached = order  # the records a probe may time: a cache hit would time a lookup
         if self.cache is not None:
             keys = self._cache_keys([self._model_input(records[i]) for i in order])
