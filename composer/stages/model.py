@@ -373,19 +373,19 @@ class PipelineStage(Stage):
             keys = self._cache_keys([self._model_input(records[i]) for i in order])
             present = self.cache.present(keys)
             uncached = [i for i, key in zip(order, keys) if key not in present]
-        if self.cache is not None and not uncached:
-            # Nothing to measure and no model to load: the first window with a miss probes (a
-            # rerun of a grown input, say); until then the plan uses the default size.
-            self.batch_choice = {"requested": "auto", "chosen": None, "method": "not probed: every record so far came from the result cache"}
-            return order
-        if self.pipe is None and self.cache is not None:
-            # The result cache loads the model at the first miss: load it now, so that the GPU
-            # probe has it and the first CPU round does not time the load.
-            with self._lock:
-                if self.pipe is None:
-                    self._load()
-            if self.one_record_because is not None:
-                return order  # the loaded model cannot batch (wav2vec2-style padding)
+            if not uncached:
+                # Nothing to measure and no model to load: the first window with a miss probes (a
+                # rerun of a grown input, say); until then the plan uses the default size.
+                self.batch_choice = {"requested": "auto", "chosen": None, "method": "not probed: every record so far came from the result cache"}
+                return order
+            if self.pipe is None:
+                # The result cache loads the model at the first miss: load it now, so that the
+                # GPU probe has it and the first CPU round does not time the load.
+                with self._lock:
+                    if self.pipe is None:
+                        self._load()
+                if self.one_record_because is not None:
+                    return order  # the loaded model cannot batch (wav2vec2-style padding)
         device = str(getattr(self.pipe, "device", "cpu")) if self.pipe is not None else "cpu"
         if device.startswith("cuda"):
             self.batch_size = self._cuda_batch_size(self._model_input(records[max(order, key=sizes.__getitem__)]))
