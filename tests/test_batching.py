@@ -229,15 +229,15 @@ def test_a_stopped_run_leaves_no_prefetch_thread_behind(tmp_path):
 def test_feature_extraction_tokenizes_each_record_once(tmp_path, monkeypatch):
     """Found in review: cutting batched feature-extraction output to each record's own tokens
     tokenized every record a second time on the main thread, though its length was known."""
-    from transformers import FeatureExtractionPipeline
+    from composer.testing import tiny_model_path
 
-    calls = []
-    original = FeatureExtractionPipeline.preprocess
-    monkeypatch.setattr(FeatureExtractionPipeline, "preprocess", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    calls = _tokenizer_calls(monkeypatch, str(tiny_model_path("feature-extraction")))
     texts = [("word " * n).strip() for n in (3, 9, 1, 6, 12, 4, 8, 2)]
     result = api.run(["experiment=tiny-sentiment", "task=feature-extraction", "model=tiny-feature-extraction", "input=inline",
                       f"input.records={texts}", "batch_size=4", "threads=1"], run_dir=tmp_path / "run")
-    assert result.status == "complete" and len(calls) == len(texts)
+    # One window: its texts in one call, then its first text alone (the check against the
+    # pipeline's own preprocess), both ahead of the model.
+    assert result.status == "complete" and calls == [("composer-prefetch", texts), ("composer-prefetch", [texts[0]])]
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(result.manifest()["stages"]["model"]["model"]["load_from"])
@@ -245,6 +245,22 @@ def test_feature_extraction_tokenizes_each_record_once(tmp_path, monkeypatch):
 
 
 PAIRS = [{"text": ("word " * n).strip(), "other": "a pair " * (n % 3 + 1)} for n in (3, 9, 1, 6, 12, 4, 8, 2)]
+
+
+def _tokenizer_calls(monkeypatch, model: str) -> list[tuple[str, list]]:
+    """(thread name, texts) for every call of the tokenizer class that `model` loads."""
+    from transformers import AutoTokenizer
+
+    calls: list[tuple[str, list]] = []
+    cls = type(AutoTokenizer.from_pretrained(model))
+    original = cls.__call__
+
+    def call(self, text=None, *args, **kwargs):
+        calls.append((threading.current_thread().name, text if isinstance(text, list) else [text]))
+        return original(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "__call__", call)
+    return calls
 
 
 @pytest.mark.parametrize(
@@ -261,12 +277,14 @@ def test_inputs_are_tokenized_once_ahead_for_chunk_pipelines_and_text_pairs(task
     from transformers import pipeline
 
     from composer.records import to_jsonable
+    from composer.stages.model import TOKENIZED_TOGETHER_TASKS
     from composer.testing import tiny_model_path
 
     reference = pipeline(task, model=str(tiny_model_path(task)))
     threads: list[str] = []
     original = type(reference).preprocess
     monkeypatch.setattr(type(reference), "preprocess", lambda self, *a, **k: threads.append(threading.current_thread().name) or original(self, *a, **k))
+    tokenized = _tokenizer_calls(monkeypatch, str(tiny_model_path(task)))
     rows = PAIRS if pairs else [{"text": p["text"] + (" [MASK]" if task == "fill-mask" else "")} for p in PAIRS]
     data = write_jsonl(tmp_path / "in.jsonl", rows)
     overrides = ["model_input={text: text, text_pair: other}", "input.keep=[other]"] if pairs else []
@@ -274,7 +292,11 @@ def test_inputs_are_tokenized_once_ahead_for_chunk_pipelines_and_text_pairs(task
     result = api.run(["experiment=tiny-sentiment", f"task={task}", f"model=tiny-{task}", "input=jsonl", f"input.path={data}",
                       f"batch_size={batch_size}", "threads=1", "progress=false", *overrides], run_dir=tmp_path / "run")
     assert result.status == "complete", result.manifest().get("error")
-    assert threads == ["composer-prefetch"] * len(PAIRS)  # once per record, ahead of the model
+    assert {name for name, _ in tokenized} == {"composer-prefetch"}  # ahead of the model, never again
+    if task in TOKENIZED_TOGETHER_TASKS and not pairs:  # one window: its texts in one call, then the check
+        assert threads == ["composer-prefetch"] and [texts for _, texts in tokenized] == [[r["text"] for r in rows], [rows[0]["text"]]]
+    else:
+        assert threads == ["composer-prefetch"] * len(PAIRS)  # once per record
     monkeypatch.undo()
     for output, row in zip(result.outputs(), rows):
         model_input = {"text": row["text"], "text_pair": row["other"]} if pairs else row["text"]

@@ -15,6 +15,7 @@ from typing import Any
 from composer import modelpool
 from composer.records import Record, to_jsonable
 from composer.stages.base import Stage, require_field
+from composer.stages.preparer import Preparer
 
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -49,6 +50,12 @@ CONCURRENT_TASKS = SORTED_TASKS | {"image-classification", "audio-classification
 # string input does not need.
 PREPARED_TASKS = frozenset({"text-classification", "feature-extraction", "fill-mask", "token-classification",
                             "zero-shot-classification"})
+
+
+# Tasks whose preprocess of a plain string is `tokenizer(text, return_tensors="pt", **params)`:
+# prepare() tokenizes a window's strings in one call (one trip into the Rust tokenizer instead
+# of one per record) and checks the result against the pipeline's own preprocess (Preparer).
+TOKENIZED_TOGETHER_TASKS = frozenset({"text-classification", "feature-extraction"})
 
 
 def _accelerator_blocker(device: Any) -> str | None:
@@ -128,7 +135,7 @@ class PipelineStage(Stage):
         self._token_counts: dict[str, int] = {}
         self._counts_tokens = False
         self.input_tokens = 0
-        self._preparer: Any = None
+        self._preparer: Preparer | None = None
         self.reads = tuple(input_field.values()) if isinstance(input_field, dict) else (input_field,)
         self.writes = (output_field,)
         self.pipe: Any = None
@@ -278,17 +285,17 @@ class PipelineStage(Stage):
             return self.input_lengths(records)
         preparer = self._preparer or self._make_preparer()
         chunked = self._chunked()
-        lengths: dict[str, int] = {}
+        values: dict[str, Any] = {}
         for record in records:
-            key = str(record["id"])
             try:
                 value = self._model_input(record)
-                if chunked and not isinstance(value, str):
-                    continue  # the chunk pipeline's __call__ reshapes such input first; process() runs it whole
-                item = preparer(value)
             except Exception:  # noqa: BLE001 - process() meets it again, in the record's own batch
                 continue
-            self._prepared[key] = (value, item)
+            if not chunked or isinstance(value, str):  # the chunk pipeline's __call__ reshapes such input first
+                values[str(record["id"])] = value
+        lengths: dict[str, int] = {}
+        for key, item in preparer.prepare(values).items():
+            self._prepared[key] = (values[key], item)
             length = _token_length(item)
             if length is not None:
                 lengths[key] = self._token_counts[key] = length
@@ -322,13 +329,9 @@ class PipelineStage(Stage):
 
         return isinstance(self.pipe, ChunkPipeline)
 
-    def _make_preparer(self) -> Any:
-        clone = self._pipe_copy()
-        params = self._pipeline_params()[0]
-        if self._chunked():
-            self._preparer = lambda value: list(clone.preprocess(value, **params))
-        else:
-            self._preparer = lambda value: clone.preprocess(value, **params)
+    def _make_preparer(self) -> Preparer:
+        self._preparer = Preparer(self._pipe_copy(), self._pipeline_params()[0], self._chunked(),
+                                   self.task in TOKENIZED_TOGETHER_TASKS)
         return self._preparer
 
     def _thread_pipe(self) -> Any:
