@@ -10,7 +10,8 @@ In one process and on the same texts it measures, per model: plain `pipeline()` 
 `composer run` with default settings plus variants that switch one feature off, printing
 records/s (median over repeats, interleaved so that load changes hit every variant alike), the
 ratio to plain `pipeline(batch_size=8)`, peak RSS and whether outputs match pipeline(bs=1).
-Then it times `composer plan` and `composer --help`, and compares the peak RSS of streaming
+All of them run on the malloc tuning composer sets (tune_malloc, process-wide); what that tuning
+is worth is measured apart, with fresh `composer run` processes. Then it times `composer plan` and `composer --help`, and compares the peak RSS of streaming
 10k and 100k jsonl records through the tiny test model (separate processes).
 
     .venv/bin/python bench/bench.py --quick          # minutes; fewer texts and repeats
@@ -167,6 +168,11 @@ def bench_model(name: str, n: int, repeats: int, threads: int, work: Path, only:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     torch.set_num_threads(threads)
+    from composer.allocator import tune_malloc
+
+    # Process-wide and for good once a composer run sets it: set before any variant, so every
+    # one runs on the same allocator (allocator_gain measures what it is worth).
+    print(f"  malloc: {tune_malloc(True)}", flush=True)
     folder = build_model(name, work / "models" / name)
     texts = make_texts(n, seed=42)
     data = work / f"texts-{name}-{n}.jsonl"
@@ -236,9 +242,32 @@ def bench_model(name: str, n: int, repeats: int, threads: int, work: Path, only:
                      "auto": {"median": f"{statistics.median(ratios):+.1%}", "range": f"{ratios[0]:+.1%} .. {ratios[-1]:+.1%}"}})
     if chosen:
         rows.append({"model": name, "variant": "batch_size=auto choice (extra run)", "auto": chosen})
+    if not only or any("allocator" in o for o in only):
+        rows.append({"model": name, "variant": "allocator: composer run tune_malloc=true vs false (fresh processes)",
+                     "auto": allocator_gain(folder, data, work, threads, repeats)})
     if not only:
         rows.append({"model": name, "variant": "model reuse across in-process runs (16 records each)", "auto": model_reuse(folder, data, work, threads)})
     return rows
+
+
+def allocator_gain(folder: Path, data: Path, work: Path, threads: int, repeats: int) -> dict:
+    """records/s of `composer run` in fresh processes with tune_malloc=true and false, alternating
+    (in-process, glibc cannot go back once tuned), and the minor page faults of each."""
+    rates: dict[str, list[float]] = {"true": [], "false": []}
+    faults: dict[str, list[int]] = {"true": [], "false": []}
+    code = ("import resource, sys; from composer.cli import main; code = main(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt); sys.exit(code)")
+    for _ in range(repeats):
+        for mode in rates:
+            run_dir = Path(tempfile.mkdtemp(dir=work)) / "run"
+            done = subprocess.run([sys.executable, "-c", code, "run", "experiment=tiny-sentiment", f"model.id={folder}", "input=jsonl",
+                                   f"input.path={data}", "input.id_field=n", f"threads={threads}", "progress=false",
+                                   f"tune_malloc={mode}", f"hydra.run.dir={run_dir}"], cwd=work, check=True, capture_output=True, text=True)
+            rates[mode].append(json.loads((run_dir / "metrics.json").read_text())["throughput"]["records_per_second"])
+            faults[mode].append(int(done.stdout.split()[-1]))
+    ratios = sorted(t / f - 1 for t, f in zip(rates["true"], rates["false"]))
+    return {f"tune_malloc={mode}": f"{statistics.median(rates[mode]):.1f} records/s, {statistics.median(faults[mode])} minor faults"
+            for mode in rates} | {"per repeat": f"{statistics.median(ratios):+.1%} ({ratios[0]:+.1%} .. {ratios[-1]:+.1%})"}
 
 
 def model_reuse(folder: Path, data: Path, work: Path, threads: int) -> dict:

@@ -255,6 +255,7 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
     An earlier attempt's finished records are skipped by id, so a resumed run's outputs equal
     an uninterrupted run's.
     """
+    from composer.allocator import tune_malloc
     from composer.repro import seed_everything
     from composer.runtime import set_run_threads, split_threads
 
@@ -299,6 +300,7 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
         else:
             transformers_logging.disable_progress_bar()
         total_threads = set_run_threads(config["threads"])
+        manifest["allocator"] = tune_malloc(bool(config.get("tune_malloc", True)))
         setup_started = time.perf_counter()
         for stage in graph.stages()[1:]:
             stage.setup()

@@ -125,6 +125,9 @@ class ComposerConfig:
     # CPU, fp32, encoder tasks: linear layers run through oneDNN with weights packed once
     # (runtime.onednn_linear); outputs change only in float rounding.
     onednn_linear: bool = True
+    # glibc malloc keeps freed activations for the next batch instead of returning them to the
+    # kernel (composer.allocator); process-wide once set.
+    tune_malloc: bool = True
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms: fail rather than vary
     on_error: Literal["skip", "fail"] = "skip"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import platform
 import resource
 import shutil
 import subprocess
@@ -69,6 +70,8 @@ def test_manifest_fields(demo_run):
     assert manifest["seed"] == 0
     assert manifest["threads"] == {"threads": 1, "workers": 1, "requested_workers": "auto", "intra_op_threads": 1}
     assert manifest["device"]["cuda_available"] is False
+    if platform.libc_ver()[0] == "glibc":  # composer.allocator: a fresh process, nothing in the environment
+        assert manifest["allocator"] == {"tuned": True, "mmap_threshold": 32 * 2**20, "trim_threshold": 64 * 2**20}
     assert manifest["input"] == {
         "kind": "file", "path": str(DEMO), "sha256": hashlib.sha256(DEMO.read_bytes()).hexdigest(), "bytes": DEMO.stat().st_size,
     }
