@@ -235,9 +235,10 @@ def test_feature_extraction_tokenizes_each_record_once(tmp_path, monkeypatch):
     texts = [("word " * n).strip() for n in (3, 9, 1, 6, 12, 4, 8, 2)]
     result = api.run(["experiment=tiny-sentiment", "task=feature-extraction", "model=tiny-feature-extraction", "input=inline",
                       f"input.records={texts}", "batch_size=4", "threads=1"], run_dir=tmp_path / "run")
-    # One window: its texts in one call, then its first text alone (the check against the
-    # pipeline's own preprocess), both ahead of the model.
-    assert result.status == "complete" and calls == [("composer-prefetch", texts), ("composer-prefetch", [texts[0]])]
+    # One window: its texts in one call, then its shortest and longest alone (the check against
+    # the pipeline's own preprocess), all ahead of the model.
+    assert result.status == "complete"
+    assert calls == [("composer-prefetch", texts), ("composer-prefetch", ["word"]), ("composer-prefetch", [texts[4]])]
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(result.manifest()["stages"]["model"]["model"]["load_from"])
@@ -294,7 +295,9 @@ def test_inputs_are_tokenized_once_ahead_for_chunk_pipelines_and_text_pairs(task
     assert result.status == "complete", result.manifest().get("error")
     assert {name for name, _ in tokenized} == {"composer-prefetch"}  # ahead of the model, never again
     if task in TOKENIZED_TOGETHER_TASKS and not pairs:  # one window: its texts in one call, then the check
-        assert threads == ["composer-prefetch"] and [texts for _, texts in tokenized] == [[r["text"] for r in rows], [rows[0]["text"]]]
+        shortest, longest = min(rows, key=lambda r: len(r["text"]))["text"], max(rows, key=lambda r: len(r["text"]))["text"]
+        assert threads == ["composer-prefetch"] * 2
+        assert [t for _, t in tokenized] == [[r["text"] for r in rows], [shortest], [longest]]
     else:
         assert threads == ["composer-prefetch"] * len(PAIRS)  # once per record
     monkeypatch.undo()

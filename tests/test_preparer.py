@@ -17,11 +17,15 @@ def _pipe(task: str):
 
 
 def _assert_like_preprocess(pipe, params: dict, values: dict, prepared: dict) -> None:
-    from composer.stages.preparer import _same
+    import torch
 
     assert set(prepared) == set(values)
     for key, value in values.items():
-        assert _same(prepared[key], pipe.preprocess(value, **params)), key
+        expected = pipe.preprocess(value, **params)
+        assert set(prepared[key].keys()) == set(expected.keys()), key
+        for name, tensor in expected.items():
+            mine = prepared[key][name]
+            assert mine.dtype == tensor.dtype and mine.shape == tensor.shape and torch.equal(mine, tensor), (key, name)
 
 
 @pytest.mark.parametrize("task", ["text-classification", "feature-extraction"])
@@ -40,7 +44,35 @@ def test_a_window_tokenized_together_equals_the_pipelines_own_preprocess(task, p
     finally:
         pipe.tokenizer.__class__.__call__ = original
     assert preparer.together
-    assert calls == [TEXTS, TEXTS[0]]  # the window in one call, then its first text the pipeline's way (the check)
+    # The window in one call, then its shortest and longest texts the pipeline's way (the check).
+    assert calls[:2] == [TEXTS, TEXTS[1]] and len(calls) == 3  # "" is the shortest
+    _assert_like_preprocess(pipe, params, values, prepared)
+
+
+@pytest.mark.parametrize("padding", [True, "longest"])
+def test_padding_to_the_longest_text_tokenizes_record_by_record(padding):
+    """Found in review: one call pads every text to the window's longest, a text alone is not
+    padded; the old check looked at the first text only, which here is the longest."""
+    from composer.stages.preparer import Preparer
+
+    pipe = _pipe("feature-extraction")
+    values = {"long": TEXTS[5], "short": "ok", "mid": TEXTS[0]}
+    preparer = Preparer(pipe, {"padding": padding}, chunked=False, together=True)
+    prepared = preparer.prepare(values)
+    assert not preparer.together
+    _assert_like_preprocess(pipe, {"padding": padding}, values, prepared)
+
+
+def test_an_empty_text_among_others_is_int64_as_alone():
+    """Found in review: an empty row (no special tokens) became float32 through torch.tensor."""
+    from composer.stages.preparer import Preparer
+
+    pipe = _pipe("text-classification")
+    params = {"add_special_tokens": False}
+    values = {"a": "the battery lasts", "b": "", "c": "support never answered my emails"}
+    preparer = Preparer(pipe, params, chunked=False, together=True)
+    prepared = preparer.prepare(values)
+    assert preparer.together
     _assert_like_preprocess(pipe, params, values, prepared)
 
 

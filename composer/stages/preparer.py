@@ -3,15 +3,19 @@
 The prefetch thread runs the pipeline's preprocess for each record of the next window while the
 model works on the current one (PipelineStage.prepare). Where a task's preprocess of a string is
 only its tokenizer, the window's strings go to the tokenizer in one call: one trip into the
-Rust tokenizer instead of one per record, which a small model notices (issue 6). The first
-string of each window is also run through the pipeline's own preprocess and the two results
-compared, so a transformers release whose preprocess does more than tokenize sends composer back
-to record-by-record preprocessing instead of changing what the model sees.
+Rust tokenizer instead of one per record, which a small model notices (issue 6). Two records of
+each window, its shortest and its longest, go through the pipeline's own preprocess instead,
+and the two results are compared: padding would show in the shortest, truncation in the longest,
+an extra or missing field in both. A difference sends composer back to record-by-record
+preprocessing for good.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+# Padding settings under which a text tokenized among others comes out as it does alone.
+_PER_TEXT_PADDING = (None, False, "do_not_pad", "max_length")
 
 
 class Preparer:
@@ -23,7 +27,9 @@ class Preparer:
         self.params = params  # the preprocess parameters `pipe(inputs, **call)` would use
         self.chunked = chunked  # a ChunkPipeline's preprocess yields several model inputs per record
         # Whether strings are tokenized in one call; turned off for good when a window's check fails.
-        self.together = together and getattr(pipe, "tokenizer", None) is not None
+        padding = params.get("padding")
+        self.together = (together and getattr(pipe, "tokenizer", None) is not None
+                         and str(getattr(padding, "value", padding)) in map(str, _PER_TEXT_PADDING))
 
     def one(self, value: Any) -> Any:
         """The pipeline's own preprocess of one input."""
@@ -34,7 +40,7 @@ class Preparer:
         """Model inputs by record key. A value the preprocess refuses is left out: process()
         meets it again in its record's own batch, where failures are isolated and reported."""
         texts = {key: value for key, value in values.items() if isinstance(value, str)} if self.together else {}
-        prepared = self._tokenized_together(list(texts), list(texts.values())) if texts else {}
+        prepared = self._tokenized_together(texts) if texts else {}
         for key, value in values.items():
             if key not in prepared:
                 try:
@@ -43,45 +49,49 @@ class Preparer:
                     continue
         return prepared
 
-    def _tokenized_together(self, keys: list[str], texts: list[str]) -> dict[str, Any]:
+    def _tokenized_together(self, texts: dict[str, str]) -> dict[str, Any]:
         """One tokenizer call for all `texts`, split into the per-record tensors the pipeline's
-        preprocess returns (a batch of one, unpadded); {} when the call fails or its first
-        record differs from the pipeline's own preprocess."""
-        import torch
+        preprocess returns (a batch of one); {} (and record by record from now on) when the call
+        fails or the window's check finds a difference."""
         from transformers import BatchEncoding
 
+        keys = list(texts)
         try:
-            encoded = self.pipe.tokenizer(texts, **self.params)
+            columns = dict(self.pipe.tokenizer(list(texts.values()), **self.params))
         except Exception:  # noqa: BLE001 - one bad text fails the call; record by record finds which
+            self.together = False
             return {}
-        columns = dict(encoded)
         # Overflowing windows turn one text into several rows: not one row per record.
-        if "overflow_to_sample_mapping" in columns or any(len(column) != len(texts) for column in columns.values()):
+        if "overflow_to_sample_mapping" in columns or any(len(column) != len(keys) for column in columns.values()):
             self.together = False
             return {}
-        prepared = {key: BatchEncoding({name: torch.tensor([column[row]]) for name, column in columns.items()})
+        # transformers' own conversion (an empty row is int64, as the single call gives it).
+        prepared = {key: BatchEncoding({name: [column[row]] for name, column in columns.items()}, tensor_type="pt")
                     for row, key in enumerate(keys)}
-        try:
-            reference = self.one(texts[0])
-        except Exception:  # noqa: BLE001 - the record fails in process(), with its id
-            return {}
-        if not _same(prepared[keys[0]], reference):
-            self.together = False
-            return {}
+        lengths = [len(ids) for ids in columns.get("input_ids", [])]
+        checked = dict.fromkeys([keys[lengths.index(min(lengths))], keys[lengths.index(max(lengths))]] if lengths else [keys[0]])
+        for key in checked:
+            try:
+                reference = self.one(texts[key])
+            except Exception:  # noqa: BLE001 - the record fails in process(), with its id
+                reference = None
+            if reference is None or not _same(prepared[key], reference):
+                self.together = False
+                return {}
+            prepared[key] = reference
         return prepared
 
 
 def _same(ours: Any, theirs: Any) -> bool:
-    """Whether two preprocess results hold the same names and equal values (tensors by value)."""
+    """Whether two preprocess results hold the same names and equal tensors (dtype included)."""
     import torch
 
     if set(ours.keys()) != set(theirs.keys()):
         return False
     for name, value in theirs.items():
         mine = ours[name]
-        if isinstance(value, torch.Tensor):
-            if not (isinstance(mine, torch.Tensor) and mine.dtype == value.dtype and torch.equal(mine, value)):
-                return False
-        elif mine != value:
+        if not (isinstance(value, torch.Tensor) and isinstance(mine, torch.Tensor)):
+            return False
+        if mine.dtype != value.dtype or not torch.equal(mine, value):
             return False
     return True
