@@ -6,13 +6,15 @@ does not depend on the weights) and saved with save_pretrained next to a WordPie
 trained with `tokenizers`; texts of 10 to 190 words (about 12 to 200 tokens) in random order.
 
 In one process and on the same texts it measures, per model: plain `pipeline()` at batch_size
-1/8/32, a hand loop (tokenizer + model, unsorted and length-sorted in composer's windows), and
-`composer run` with default settings plus variants that switch one feature off, printing
-records/s (median over repeats, interleaved so that load changes hit every variant alike), the
-ratio to plain `pipeline(batch_size=8)`, peak RSS and whether outputs match pipeline(bs=1).
-All of them run on the malloc tuning composer sets (tune_malloc, process-wide); what that tuning
-is worth is measured apart, with fresh `composer run` processes. Then it times `composer plan` and `composer --help`, and compares the peak RSS of streaming
-10k and 100k jsonl records through the tiny test model (separate processes).
+1/8/32 and on composer's batches, a hand loop (tokenizer + model, unsorted and length-sorted in
+composer's windows), and `composer run` with default settings plus variants that switch one
+feature off, printing records/s (median over repeats, interleaved so that load changes hit every
+variant alike, each repeat starting one variant later), the ratio to plain
+`pipeline(batch_size=8)`, peak RSS and whether outputs match pipeline(bs=1). All of them run on
+the malloc tuning composer sets (tune_malloc, process-wide); what that tuning is worth is
+measured apart, with fresh `composer run` processes. Then it times `composer plan` and
+`composer --help`, and compares the peak RSS of streaming 10k and 100k jsonl records through the
+tiny test model (separate processes).
 
     .venv/bin/python bench/bench.py --quick          # minutes; fewer texts and repeats
     .venv/bin/python bench/bench.py                  # the full run (long on 2 cores)
@@ -252,10 +254,12 @@ def bench_model(name: str, n: int, repeats: int, threads: int, work: Path, only:
     rates: dict[str, list[float]] = {k: [] for k in variants}
     outputs: dict[str, list[dict]] = {}
     rss: dict[str, float] = {}
+    labels = list(variants)
     for repeat in range(repeats):
-        for label, fn in variants.items():
+        # Each repeat starts one variant later, so no variant always runs first or after the same one.
+        for label in labels[repeat % len(labels):] + labels[:repeat % len(labels)]:
             torch.set_num_threads(threads)  # a composer run leaves its own intra-op split behind
-            rate, out = fn()
+            rate, out = variants[label]()
             rates[label].append(rate)
             outputs.setdefault(label, [dict(o) for o in out])
             rss[label] = peak_rss_mb()
