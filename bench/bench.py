@@ -111,7 +111,6 @@ def hand_loop(model, tokenizer, texts: list[str], batch_size: int, order: list[i
     (thread, start, end, thread CPU seconds)."""
     import copy
     import threading
-    from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
@@ -135,7 +134,17 @@ def hand_loop(model, tokenizer, texts: list[str], batch_size: int, order: list[i
     if workers <= 1:
         for batch in batches:
             run(batch)
-        return results
+    else:
+        side_by_side(run, batches, workers)
+    return results
+
+
+def side_by_side(run, batches: list[list[int]], workers: int) -> None:
+    """`run` over `batches` on `workers` threads with one intra-op thread each (composer's split)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // workers))
     try:
@@ -143,7 +152,6 @@ def hand_loop(model, tokenizer, texts: list[str], batch_size: int, order: list[i
             list(pool.map(run, batches))
     finally:
         torch.set_num_threads(threads)
-    return results
 
 
 def pipeline_loop(pipe, texts: list[str], batch_size: int, order: list[int], workers: int) -> list[dict]:
@@ -153,9 +161,6 @@ def pipeline_loop(pipe, texts: list[str], batch_size: int, order: list[int], wor
     per-record work (preprocess, collate, unbatch, postprocess); between it and composer,
     composer's (reading, bookkeeping, writing)."""
     import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
 
     results: list[dict] = [None] * len(texts)  # type: ignore[list-item]
     own = threading.local()
@@ -167,14 +172,7 @@ def pipeline_loop(pipe, texts: list[str], batch_size: int, order: list[int], wor
         for i, output in zip(indices, own.pipe([texts[i] for i in indices], batch_size=len(indices))):
             results[i] = output
 
-    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // workers))
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run, batches))
-    finally:
-        torch.set_num_threads(threads)
+    side_by_side(run, [order[start:start + batch_size] for start in range(0, len(order), batch_size)], workers)
     return results
 
 
