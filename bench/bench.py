@@ -156,10 +156,11 @@ def side_by_side(run, batches: list[list[int]], workers: int) -> None:
 
 def pipeline_loop(pipe, texts: list[str], batch_size: int, order: list[int], workers: int) -> list[dict]:
     """Plain `pipeline()` called on composer's batches (`order`), side by side on `workers` threads
-    with one intra-op thread each, each thread with its own pipeline copy (own tokenizer): what
-    composer runs, minus composer. The gap between it and the hand loop is the pipeline's own
-    per-record work (preprocess, collate, unbatch, postprocess); between it and composer,
-    composer's (reading, bookkeeping, writing)."""
+    with one intra-op thread each, each thread with its own pipeline copy (own tokenizer). The
+    gap between it and the hand loop is the pipeline's own per-record work (preprocess, collate,
+    unbatch, postprocess); between it and composer, composer's net cost: reading, bookkeeping and
+    writing, less what tokenizing a window in one call saves over the pipeline's per-record
+    preprocess."""
     import threading
 
     results: list[dict] = [None] * len(texts)  # type: ignore[list-item]
@@ -298,8 +299,8 @@ def allocator_gain(folder: Path, data: Path, work: Path, threads: int, repeats: 
     faults: dict[str, list[int]] = {"true": [], "false": []}
     code = ("import resource, sys; from composer.cli import main; code = main(sys.argv[1:]); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt); sys.exit(code)")
-    for _ in range(repeats):
-        for mode in rates:
+    for repeat in range(repeats):
+        for mode in ("true", "false") if repeat % 2 == 0 else ("false", "true"):  # alternating which runs first
             run_dir = Path(tempfile.mkdtemp(dir=work)) / "run"
             done = subprocess.run([sys.executable, "-c", code, "run", "experiment=tiny-sentiment", f"model.id={folder}", "input=jsonl",
                                    f"input.path={data}", "input.id_field=n", f"threads={threads}", "progress=false",

@@ -3,14 +3,15 @@
 Each forward pass allocates and frees megabytes of activations. glibc hands freed memory at the
 top of a heap back to the kernel once more than its trim threshold is free there, and its
 dynamic thresholds stay far below one forward's working set (they only rise as large mmapped
-chunks are freed), so the next forward page-faults the same memory back in: 700k minor faults
-and up to a second of system time in a 6-second run of the small bench model. With the thresholds
+chunks are freed), so the next forward page-faults the same memory back in: 450k-800k minor
+faults and up to 1.2 s of system time in a 6-second run of the small bench model. With the thresholds
 fixed at glibc's own ceiling (mmap at 32 MiB, the largest mallopt accepts on 64-bit, trim at
 twice that, the ratio glibc keeps), freed activations are reused: faults drop threefold and
-the small bench model runs 3-9% faster (bench/RESULTS.md; at bert-base size, where the
+the small bench model runs 5-10% faster (bench/RESULTS.md; at bert-base size, where the
 matrix products dominate, nothing measurable), outputs unchanged. Chunks over 32 MiB are still
 mmapped and returned at once. The price is memory kept: each heap (one per thread that
 allocates) may keep up to 64 MiB free at its top, and chunks under 32 MiB come from the heaps.
+The tuning applies to every run, a GPU run's host memory included, where there is little to gain.
 
 mallopt is process-wide and glibc cannot go back to its dynamic thresholds, so a later run in
 the same process with tune_malloc=false says it found the tuning in place. A user who sets these

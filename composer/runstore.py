@@ -71,7 +71,7 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 # Settings that never change a record's output (DESIGN.md: batching does not change outputs), so
 # a run may be resumed with other values; any other difference means a different run.
 RESUME_IGNORED_KEYS = frozenset({"progress", "threads", "batch_size", "max_errors", "on_error", "cache",
-                                 "sort_window", "max_batch_tokens", "prefetch", "workers", "onednn_linear"})
+                                 "sort_window", "max_batch_tokens", "prefetch", "workers", "onednn_linear", "tune_malloc"})
 FINISHED = ("complete", "completed_with_errors")
 
 

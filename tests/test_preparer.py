@@ -77,8 +77,8 @@ def test_an_empty_text_among_others_is_int64_as_alone():
 
 
 def test_a_preprocess_that_does_more_than_tokenize_turns_tokenizing_together_off(monkeypatch):
-    """Should a transformers release add to a task's preprocess, the window's first record
-    shows it, and every record then goes through the pipeline's own preprocess."""
+    """Should a transformers release add to a task's preprocess, the window's shortest and
+    longest records show it, and every record then goes through the pipeline's own preprocess."""
     from composer.stages.preparer import Preparer
 
     pipe = _pipe("text-classification")
@@ -117,3 +117,18 @@ def test_overflowing_windows_and_inputs_other_than_text_go_record_by_record():
     prepared = preparer.prepare({"a": "plain text", "b": pair, "c": ["not", "a", "pair"]})
     assert set(prepared) == {"a", "b"} and preparer.together
     _assert_like_preprocess(pipe, {}, {"a": "plain text", "b": pair}, prepared)
+
+
+def test_a_failure_inside_the_together_path_falls_back_record_by_record(monkeypatch):
+    """Found in review: only the tokenizer call was guarded; a failing conversion or check
+    escaped prepare(), so the window was tokenized on the model's thread, and every later
+    window tried again."""
+    from composer.stages import preparer as module
+
+    pipe = _pipe("text-classification")
+    preparer = module.Preparer(pipe, {}, chunked=False, together=True)
+    monkeypatch.setattr(module, "_same", lambda ours, theirs: 1 / 0)
+    values = {str(i): text for i, text in enumerate(TEXTS)}
+    prepared = preparer.prepare(values)
+    assert not preparer.together
+    _assert_like_preprocess(pipe, {}, values, prepared)

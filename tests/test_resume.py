@@ -127,6 +127,24 @@ def test_resume_refuses_a_changed_config_or_input(data, tmp_path):
     assert "the input changed since the run" in refused.stderr and "sha256" in refused.stderr
 
 
+def test_resume_takes_a_folder_from_before_tune_malloc_and_a_changed_tune_malloc(data, uninterrupted, tmp_path):
+    """Found in review: tune_malloc changes no output, yet a folder whose config.yaml predates
+    it (or a resume that flips it) was refused as a changed config."""
+    import yaml
+
+    run_dir = tmp_path / "run"
+    process = _start(data, run_dir)
+    _wait_for_lines(run_dir / "outputs.jsonl", 8, process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del config["tune_malloc"]  # as written before the key existed
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    resumed = run_cli("run", *CONFIG, f"input.path={data}", "tune_malloc=false", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_jsonl(run_dir / "outputs.jsonl") == read_jsonl(uninterrupted / "outputs.jsonl")
+
+
 def test_repair_torn_tail(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_text('{"id": 1}\n{"id": 2}\n{"id": 3, "te')

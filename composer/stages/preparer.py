@@ -51,33 +51,34 @@ class Preparer:
 
     def _tokenized_together(self, texts: dict[str, str]) -> dict[str, Any]:
         """One tokenizer call for all `texts`, split into the per-record tensors the pipeline's
-        preprocess returns (a batch of one); {} (and record by record from now on) when the call
-        fails or the window's check finds a difference."""
+        preprocess returns (a batch of one); {} and record by record from now on when anything
+        fails (one text the tokenizer or the preprocess refuses, a conversion) or the window's
+        check finds a difference."""
+        try:
+            prepared = self._split_and_check(list(texts), list(texts.values()))
+        except Exception:  # noqa: BLE001 - record by record finds the record, and process() reports it
+            prepared = None
+        if prepared is None:
+            self.together = False
+            return {}
+        return prepared
+
+    def _split_and_check(self, keys: list[str], texts: list[str]) -> dict[str, Any] | None:
         from transformers import BatchEncoding
 
-        keys = list(texts)
-        try:
-            columns = dict(self.pipe.tokenizer(list(texts.values()), **self.params))
-        except Exception:  # noqa: BLE001 - one bad text fails the call; record by record finds which
-            self.together = False
-            return {}
+        columns = dict(self.pipe.tokenizer(texts, **self.params))
         # Overflowing windows turn one text into several rows: not one row per record.
         if "overflow_to_sample_mapping" in columns or any(len(column) != len(keys) for column in columns.values()):
-            self.together = False
-            return {}
+            return None
         # transformers' own conversion (an empty row is int64, as the single call gives it).
         prepared = {key: BatchEncoding({name: [column[row]] for name, column in columns.items()}, tensor_type="pt")
                     for row, key in enumerate(keys)}
         lengths = [len(ids) for ids in columns.get("input_ids", [])]
-        checked = dict.fromkeys([keys[lengths.index(min(lengths))], keys[lengths.index(max(lengths))]] if lengths else [keys[0]])
-        for key in checked:
-            try:
-                reference = self.one(texts[key])
-            except Exception:  # noqa: BLE001 - the record fails in process(), with its id
-                reference = None
-            if reference is None or not _same(prepared[key], reference):
-                self.together = False
-                return {}
+        checked = [keys[lengths.index(min(lengths))], keys[lengths.index(max(lengths))]] if lengths else [keys[0]]
+        for key in dict.fromkeys(checked):
+            reference = self.one(texts[keys.index(key)])
+            if not _same(prepared[key], reference):
+                return None
             prepared[key] = reference
         return prepared
 
