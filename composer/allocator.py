@@ -4,10 +4,10 @@ Each forward pass allocates and frees megabytes of activations. glibc hands free
 top of a heap back to the kernel once more than its trim threshold is free there, and its
 dynamic thresholds stay far below one forward's working set (they only rise as large mmapped
 chunks are freed), so the next forward page-faults the same memory back in: 450k-800k minor
-faults and up to 1.2 s of system time in a 6-second run of the small bench model. With the thresholds
-fixed at glibc's own ceiling (mmap at 32 MiB, the largest mallopt accepts on 64-bit, trim at
-twice that, the ratio glibc keeps), freed activations are reused: faults drop threefold and
-the small bench model runs 5-10% faster (bench/RESULTS.md; at bert-base size, where the
+faults and up to 1.2 s of system time in a 6-second run of the small bench model. With the
+thresholds fixed at glibc's own ceiling (mmap at 32 MiB, the largest mallopt accepts on 64-bit,
+trim at twice that, the ratio glibc keeps), freed activations are reused: faults drop threefold
+and the small bench model runs 5-10% faster (bench/RESULTS.md; at bert-base size, where the
 matrix products dominate, nothing measurable), outputs unchanged. Chunks over 32 MiB are still
 mmapped and returned at once. The price is memory kept: each heap (one per thread that
 allocates) may keep up to 64 MiB free at its top, and chunks under 32 MiB come from the heaps.

@@ -26,7 +26,7 @@ class Preparer:
         self.pipe = pipe
         self.params = params  # the preprocess parameters `pipe(inputs, **call)` would use
         self.chunked = chunked  # a ChunkPipeline's preprocess yields several model inputs per record
-        # Whether strings are tokenized in one call; turned off for good when a window's check fails.
+        # Whether strings are tokenized in one call; off for good once a window's call fails or its check differs.
         padding = params.get("padding")
         self.together = (together and getattr(pipe, "tokenizer", None) is not None
                          and str(getattr(padding, "value", padding)) in map(str, _PER_TEXT_PADDING))
@@ -55,7 +55,7 @@ class Preparer:
         fails (one text the tokenizer or the preprocess refuses, a conversion) or the window's
         check finds a difference."""
         try:
-            prepared = self._split_and_check(list(texts), list(texts.values()))
+            prepared = self._split_and_check(texts)
         except Exception:  # noqa: BLE001 - record by record finds the record, and process() reports it
             prepared = None
         if prepared is None:
@@ -63,10 +63,11 @@ class Preparer:
             return {}
         return prepared
 
-    def _split_and_check(self, keys: list[str], texts: list[str]) -> dict[str, Any] | None:
+    def _split_and_check(self, texts: dict[str, str]) -> dict[str, Any] | None:
         from transformers import BatchEncoding
 
-        columns = dict(self.pipe.tokenizer(texts, **self.params))
+        keys = list(texts)
+        columns = dict(self.pipe.tokenizer(list(texts.values()), **self.params))
         # Overflowing windows turn one text into several rows: not one row per record.
         if "overflow_to_sample_mapping" in columns or any(len(column) != len(keys) for column in columns.values()):
             return None
@@ -76,7 +77,7 @@ class Preparer:
         lengths = [len(ids) for ids in columns.get("input_ids", [])]
         checked = [keys[lengths.index(min(lengths))], keys[lengths.index(max(lengths))]] if lengths else [keys[0]]
         for key in dict.fromkeys(checked):
-            reference = self.one(texts[keys.index(key)])
+            reference = self.one(texts[key])
             if not _same(prepared[key], reference):
                 return None
             prepared[key] = reference
