@@ -53,12 +53,17 @@ def _wait_for_lines(path: Path, count: int, process: subprocess.Popen) -> None:
     raise AssertionError(f"{path} never reached {count} lines")
 
 
-def test_kill_9_then_resume_equals_an_uninterrupted_run(data, uninterrupted, tmp_path):
-    run_dir = tmp_path / "run"
+def _killed_after(data: Path, run_dir: Path, lines: int) -> None:
+    """A run of `data` into `run_dir`, killed with SIGKILL once outputs.jsonl has `lines` lines."""
     process = _start(data, run_dir)
-    _wait_for_lines(run_dir / "outputs.jsonl", 40, process)
+    _wait_for_lines(run_dir / "outputs.jsonl", lines, process)
     process.send_signal(signal.SIGKILL)
     process.communicate()
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(data, uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    _killed_after(data, run_dir, 40)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "running"
     written = len(read_jsonl(run_dir / "outputs.jsonl"))
@@ -99,10 +104,7 @@ def test_ctrl_c_finishes_the_batch_then_run_resumes_it(data, uninterrupted, tmp_
 
 def test_resume_refuses_a_changed_config_or_input(data, tmp_path):
     run_dir = tmp_path / "run"
-    process = _start(data, run_dir)
-    _wait_for_lines(run_dir / "outputs.jsonl", 8, process)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
+    _killed_after(data, run_dir, 8)
     changed = run_cli("run", *CONFIG, f"input.path={data}", "call.max_new_tokens=5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert changed.returncode == 2
     assert "call.max_new_tokens: 12 -> 5" in changed.stderr
@@ -114,13 +116,7 @@ def test_resume_refuses_a_changed_config_or_input(data, tmp_path):
     data_copy = tmp_path / "same-name.jsonl"
     data_copy.write_bytes(data.read_bytes())
     first = tmp_path / "first"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "composer", "run", *CONFIG, f"input.path={data_copy}", f"hydra.run.dir={first}"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    _wait_for_lines(first / "outputs.jsonl", 8, process)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
+    _killed_after(data_copy, first, 8)
     data_copy.write_bytes(data.read_bytes().replace(b"beta", b"BETA"))
     refused = run_cli("resume", str(first), cwd=tmp_path)
     assert refused.returncode == 2
@@ -133,10 +129,7 @@ def test_resume_takes_a_folder_from_before_tune_malloc_and_a_changed_tune_malloc
     import yaml
 
     run_dir = tmp_path / "run"
-    process = _start(data, run_dir)
-    _wait_for_lines(run_dir / "outputs.jsonl", 8, process)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
+    _killed_after(data, run_dir, 8)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     del config["tune_malloc"]  # as written before the key existed
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
