@@ -381,14 +381,11 @@ class PipelineStage(Stage):
                 # rerun of a grown input, say); until then the plan uses the default size.
                 self.batch_choice = {"requested": "auto", "chosen": None, "method": "not probed: every record so far came from the result cache"}
                 return order
-            if self.pipe is None:
-                # The result cache loads the model at the first miss: load it now, so that the
-                # GPU probe has it and the first CPU round does not time the load.
-                with self._lock:
-                    if self.pipe is None:
-                        self._load()
-                if self.one_record_because is not None:
-                    return order  # the loaded model cannot batch (wav2vec2-style padding)
+            # The result cache loads the model at the first miss: load it now, so that the GPU
+            # probe has it and the first CPU round does not time the load.
+            self._load_once()
+            if self.one_record_because is not None:
+                return order  # the loaded model cannot batch (wav2vec2-style padding)
         device = str(getattr(self.pipe, "device", "cpu")) if self.pipe is not None else "cpu"
         if device.startswith("cuda"):
             self.batch_size = self._cuda_batch_size(self._model_input(records[max(order, key=sizes.__getitem__)]))
@@ -499,6 +496,14 @@ class PipelineStage(Stage):
         cache (with it, process() looks outputs up by input and runs the misses). Prepared inputs
         run in the stage's batches, one record each once one_record_because is set."""
         return self.pipe is not None and self.cache is None and self.task in PREPARED_TASKS
+
+    def _load_once(self) -> None:
+        """Load the model unless loaded: the result cache loads it lazily, at the first miss,
+        and two workers missing at once must load it once."""
+        if self.pipe is None:
+            with self._lock:
+                if self.pipe is None:
+                    self._load()
 
     def _load(self) -> None:
         from transformers import pipeline
@@ -617,9 +622,7 @@ class PipelineStage(Stage):
         found = self.cache.get_many(keys)
         todo = [index for index, key in enumerate(keys) if key not in found]
         if todo:
-            with self._lock:  # two workers missing at once load the model once
-                if self.pipe is None:
-                    self._load()
+            self._load_once()
             fresh = self._predict([inputs[index] for index in todo])
             self.cache.put_many({keys[index]: output for index, output in zip(todo, fresh)})
             found.update({keys[index]: output for index, output in zip(todo, fresh)})
