@@ -245,6 +245,30 @@ def test_feature_extraction_tokenizes_each_record_once(tmp_path, monkeypatch):
     assert [len(o["prediction"][0]) for o in result.outputs()] == [len(tokenizer(t)["input_ids"]) for t in texts]
 
 
+@pytest.mark.parametrize("task", ["text-classification", "feature-extraction"])
+def test_batches_tokenized_together_skip_the_pipelines_collate_once_it_is_checked(task, tmp_path, monkeypatch):
+    """The pipeline's own collate runs for the first padded batch only, as the check of
+    RowCollator's; the outputs stay those of the plain pipeline on each text."""
+    from transformers import pipeline
+    from transformers.pipelines import base
+
+    from composer.records import to_jsonable
+    from composer.testing import tiny_model_path
+
+    collated: list[int] = []
+    original = base.pad_collate_fn
+    monkeypatch.setattr(base, "pad_collate_fn", lambda *a: (lambda items: collated.append(len(items)) or original(*a)(items)))
+    outputs, facts = _run_texts(tmp_path, "run", task, "batch_size=4")
+    assert collated == [4] and facts["batch_size"] == 4  # ten batches of four distinct lengths
+    monkeypatch.undo()
+    reference = pipeline(task, model=str(tiny_model_path(task)))
+    for output, text in zip(outputs, TEXTS):
+        expected = to_jsonable(reference(text))
+        if task == "text-classification":
+            expected = [expected[0]] if isinstance(expected, list) else [expected]
+        assert_close(output["prediction"], expected, tol=1e-5, where=f"{task} {output['id']}")
+
+
 PAIRS = [{"text": ("word " * n).strip(), "other": "a pair " * (n % 3 + 1)} for n in (3, 9, 1, 6, 12, 4, 8, 2)]
 
 

@@ -19,12 +19,15 @@ def _pipe(task: str):
 def _assert_like_preprocess(pipe, params: dict, values: dict, prepared: dict) -> None:
     import torch
 
+    from composer.stages.preparer import model_input
+
     assert set(prepared) == set(values)
     for key, value in values.items():
         expected = pipe.preprocess(value, **params)
-        assert set(prepared[key].keys()) == set(expected.keys()), key
+        item = model_input(prepared[key])
+        assert set(item.keys()) == set(expected.keys()), key
         for name, tensor in expected.items():
-            mine = prepared[key][name]
+            mine = item[name]
             assert mine.dtype == tensor.dtype and mine.shape == tensor.shape and torch.equal(mine, tensor), (key, name)
 
 
@@ -132,3 +135,107 @@ def test_a_failure_inside_the_together_path_falls_back_record_by_record(monkeypa
     prepared = preparer.prepare(values)
     assert not preparer.together
     _assert_like_preprocess(pipe, {}, values, prepared)
+
+
+# A batch of records tokenized together is padded by RowCollator, one array per field, in place
+# of the pipeline's own collate (pad_collate_fn), which it must equal.
+BATCH = ["the battery lasts for days", "", "ok", "a broken screen and a slow phone", "support never answered"]
+
+
+def _rows(pipe, texts: list[str]) -> list:
+    from composer.stages.preparer import Preparer, TokenRow
+
+    preparer = Preparer(pipe, {}, chunked=False, together=True)
+    prepared = preparer.prepare({str(i): text for i, text in enumerate(texts)})
+    assert preparer.together and all(isinstance(item, TokenRow) for item in prepared.values())
+    return [prepared[str(i)] for i in range(len(texts))]
+
+
+def _assert_same_batch(batch: dict, expected: dict) -> None:
+    import torch
+
+    assert set(batch) == set(expected)
+    for name, tensor in expected.items():
+        assert batch[name].dtype == tensor.dtype and torch.equal(batch[name], tensor), name
+
+
+@pytest.mark.parametrize("task", ["text-classification", "feature-extraction"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_batch_of_rows_collates_as_the_pipelines_own_collate(task, side):
+    from transformers.pipelines.base import pad_collate_fn
+
+    from composer.stages.preparer import RowCollator
+
+    pipe = _pipe(task)
+    pipe.tokenizer.padding_side = side
+    pipe.tokenizer.pad_token = "[MASK]"  # not 0: input_ids must pad with the tokenizer's pad token
+    rows = _rows(pipe, BATCH)
+    collator = RowCollator()
+    batch = collator.collate(rows, pipe.tokenizer)
+    _assert_same_batch(batch, pad_collate_fn(pipe.tokenizer, None)([pipe.preprocess(text) for text in BATCH]))
+    assert collator.checked and set(batch) == {"input_ids", "token_type_ids", "attention_mask"}
+    assert batch["input_ids"].shape == (len(BATCH), max(len(pipe.tokenizer(t)["input_ids"]) for t in BATCH))
+
+
+def test_the_collate_is_checked_until_a_padded_batch_passes(monkeypatch):
+    from transformers.pipelines import base
+
+    from composer.stages.preparer import RowCollator
+
+    pipe = _pipe("text-classification")
+    calls = []
+    original = base.pad_collate_fn
+    monkeypatch.setattr(base, "pad_collate_fn", lambda *a: (lambda items: calls.append(len(items)) or original(*a)(items)))
+    collator = RowCollator()
+    collator.collate(_rows(pipe, ["one two", "three four"]), pipe.tokenizer)  # same lengths: nothing padded yet
+    assert calls == [2] and not collator.checked
+    collator.collate(_rows(pipe, BATCH), pipe.tokenizer)
+    assert calls == [2, len(BATCH)] and collator.checked
+    collator.collate(_rows(pipe, BATCH[:3]), pipe.tokenizer)
+    assert calls == [2, len(BATCH)]  # checked: the pipeline's collate no longer runs
+
+
+def test_a_collate_that_differs_hands_every_later_batch_to_the_pipelines_collate(monkeypatch):
+    """Should a transformers release pad a field differently, the check shows it: that batch
+    gets the pipeline's own collate, and so does every later one."""
+    from transformers.pipelines import base
+
+    from composer.stages.preparer import RowCollator
+
+    pipe = _pipe("text-classification")
+    original = base.pad_collate_fn
+
+    def padding_masks_with_2(*args):
+        def collate(items):
+            batch = original(*args)(items)
+            batch["attention_mask"][batch["attention_mask"] == 0] = 2
+            return batch
+        return collate
+
+    monkeypatch.setattr(base, "pad_collate_fn", padding_masks_with_2)
+    collator = RowCollator()
+    rows = _rows(pipe, BATCH)
+    batch = collator.collate(rows, pipe.tokenizer)
+    _assert_same_batch(batch, padding_masks_with_2(pipe.tokenizer, None)([row.tensors() for row in rows]))
+    assert not collator.usable and not collator.checked
+    assert collator.collate(rows, pipe.tokenizer) is None
+
+
+def test_rows_the_collator_does_not_know_go_to_the_pipelines_collate():
+    from composer.stages.preparer import RowCollator, TokenRow
+
+    pipe = _pipe("text-classification")
+    marked = [TokenRow({"input_ids": [2, 5, 3], "special_tokens_mask": [1, 0, 1]}), TokenRow({"input_ids": [2, 3], "special_tokens_mask": [1, 1]})]
+    assert RowCollator().collate(marked, pipe.tokenizer) is None  # a field it does not pad
+    mixed = [TokenRow({"input_ids": [2, 5, 3], "attention_mask": [1, 1, 1]}), TokenRow({"input_ids": [2, 3]})]
+    assert RowCollator().collate(mixed, pipe.tokenizer) is None  # the pipeline's collate refuses these
+
+
+def test_a_tokenizer_without_a_pad_token_fails_the_batch_as_the_pipeline_does():
+    from composer.stages.preparer import RowCollator
+
+    pipe = _pipe("text-classification")
+    rows = _rows(pipe, BATCH)
+    pipe.tokenizer.pad_token = None
+    with pytest.raises(ValueError, match="without pad_token cannot do batching"):
+        RowCollator().collate(rows, pipe.tokenizer)

@@ -158,6 +158,11 @@ def test_a_stop_drops_the_batches_still_queued_for_the_workers(tmp_path, monkeyp
         def requested(self) -> bool:
             type(self).checks += 1
             if type(self).checks >= 4:
+                # The first worker, free again, takes the third batch as the main thread looks
+                # (it wakes on the first batch's end); wait for it, or the look could win the race.
+                deadline = time.monotonic() + 10
+                while len(started) < 3 and time.monotonic() < deadline:
+                    time.sleep(0.001)
                 stopped.set()
             return stopped.is_set()
 

@@ -15,7 +15,7 @@ from typing import Any
 from composer import modelpool
 from composer.records import Record, to_jsonable
 from composer.stages.base import Stage, require_field
-from composer.stages.preparer import Preparer
+from composer.stages.preparer import Preparer, RowCollator, TokenRow, model_input
 
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -70,6 +70,8 @@ def _one_line(error_type: type, message: str) -> str:
 
 def _token_length(prepared: Any) -> int | None:
     """The token count of an input the pipeline's preprocess already tokenized, if it has one."""
+    if isinstance(prepared, TokenRow):
+        return prepared.length
     input_ids = prepared.get("input_ids") if hasattr(prepared, "get") else None
     return int(input_ids.shape[-1]) if input_ids is not None and hasattr(input_ids, "shape") else None
 
@@ -136,6 +138,7 @@ class PipelineStage(Stage):
         self._counts_tokens = False
         self.input_tokens = 0
         self._preparer: Preparer | None = None
+        self._collator = RowCollator()
         self.reads = tuple(input_field.values()) if isinstance(input_field, dict) else (input_field,)
         self.writes = (output_field,)
         self.pipe: Any = None
@@ -332,6 +335,7 @@ class PipelineStage(Stage):
     def _make_preparer(self) -> Preparer:
         self._preparer = Preparer(self._pipe_copy(), self._pipeline_params()[0], self._chunked(),
                                    self.task in TOKENIZED_TOGETHER_TASKS)
+        self._collator = RowCollator()
         return self._preparer
 
     def _thread_pipe(self) -> Any:
@@ -345,7 +349,9 @@ class PipelineStage(Stage):
 
     def _run_prepared(self, items: list[Any]) -> list[Any]:
         """`pipe(inputs, batch_size=...)` for inputs already preprocessed: the pipeline's own
-        iterator (collate, forward, unbatch, postprocess) with preprocess as the identity."""
+        iterator (collate, forward, unbatch, postprocess) with preprocess as the identity. A
+        batch of rows tokenized together is collated by RowCollator (checked equal to the
+        pipeline's collate) and then goes through the same forward, unbatch and postprocess."""
         runner = getattr(self._per_thread, "runner", None)
         if runner is None:
             import copy
@@ -356,7 +362,16 @@ class PipelineStage(Stage):
         _, forward, post = self._pipeline_params()
         # At most the items given: get_iterator pads (and needs a pad token) for any size but 1.
         size = min(self.batch_size or len(items), len(items))
-        return list(runner.get_iterator(items, 0, size, {}, forward, post))
+        if size == len(items) > 1 and runner.feature_extractor is None and runner.image_processor is None \
+                and all(isinstance(item, TokenRow) for item in items):
+            batch = self._collator.collate(items, runner.tokenizer)
+            if batch is not None:
+                from transformers.pipelines.pt_utils import PipelineIterator
+
+                # get_iterator's own chain, with the collated batch in place of its DataLoader.
+                outputs = PipelineIterator([batch], runner.forward, forward, loader_batch_size=size)
+                return list(PipelineIterator(outputs, runner.postprocess, post))
+        return list(runner.get_iterator([model_input(item) for item in items], 0, size, {}, forward, post))
 
     PROBE_SIZES = (4, 8, 16, 32, 64)
 

@@ -8,10 +8,16 @@ each window, its shortest and its longest, go through the pipeline's own preproc
 and the two results are compared: padding would show in the shortest, truncation in the longest,
 an extra or missing field in both. A difference sends composer back to record-by-record
 preprocessing for good.
+
+Records tokenized together stay plain lists (TokenRow) until their batch runs: RowCollator then
+pads each field of the batch into one array, where the pipeline's own collate (pad_collate_fn)
+would make a tensor per record and field and copy each into the batch. It is checked against
+that collate until a batch whose rows differ in length has passed.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 # Padding settings under which a text tokenized among others comes out as it does alone.
@@ -50,8 +56,8 @@ class Preparer:
         return prepared
 
     def _tokenized_together(self, texts: dict[str, str]) -> dict[str, Any]:
-        """One tokenizer call for all `texts`, split into the per-record tensors the pipeline's
-        preprocess returns (a batch of one); {} and record by record from now on when anything
+        """One tokenizer call for all `texts`, split into a TokenRow per record (the pipeline's
+        preprocess of it, once made tensors); {} and record by record from now on when anything
         fails (one text the tokenizer or the preprocess refuses, a conversion) or the window's
         check finds a difference."""
         try:
@@ -64,28 +70,104 @@ class Preparer:
         return prepared
 
     def _split_and_check(self, texts: dict[str, str]) -> dict[str, Any] | None:
-        from transformers import BatchEncoding
-
         keys = list(texts)
         columns = dict(self.pipe.tokenizer(list(texts.values()), **self.params))
         # Overflowing windows turn one text into several rows: not one row per record.
         if "overflow_to_sample_mapping" in columns or any(len(column) != len(keys) for column in columns.values()):
             return None
-        # transformers' own conversion (an empty row is int64, as the single call gives it).
-        prepared = {key: BatchEncoding({name: [column[row]] for name, column in columns.items()}, tensor_type="pt")
-                    for row, key in enumerate(keys)}
+        rows = {key: TokenRow({name: column[row] for name, column in columns.items()}) for row, key in enumerate(keys)}
         lengths = [len(ids) for ids in columns.get("input_ids", [])]
         checked = [keys[lengths.index(min(lengths))], keys[lengths.index(max(lengths))]] if lengths else [keys[0]]
         for key in dict.fromkeys(checked):
-            reference = self.one(texts[key])
-            if not _same(prepared[key], reference):
+            if not _same(rows[key].tensors(), self.one(texts[key])):
                 return None
-            prepared[key] = reference
-        return prepared
+        return rows
+
+
+class TokenRow:
+    """One record's share of a window's tokenizer call, each field a plain list. Equal to
+    the pipeline's preprocess of the record once made into tensors (Preparer checks it)."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, list]) -> None:
+        self.fields = fields
+
+    @property
+    def length(self) -> int | None:
+        ids = self.fields.get("input_ids")
+        return None if ids is None else len(ids)
+
+    def tensors(self) -> Any:
+        """What the pipeline's preprocess returns: a batch of one, by transformers' own
+        conversion (an empty row is int64, as the single call gives it)."""
+        from transformers import BatchEncoding
+
+        return BatchEncoding({name: [values] for name, values in self.fields.items()}, tensor_type="pt")
+
+
+def model_input(item: Any) -> Any:
+    """A prepared item as the pipeline's preprocess returns it."""
+    return item.tensors() if isinstance(item, TokenRow) else item
+
+
+class RowCollator:
+    """The pipeline's collate (transformers' pad_collate_fn) for a batch of TokenRows, one padded
+    array per field. Until a batch whose rows differ in length has passed, each batch is also
+    collated the pipeline's way and compared; a difference sends every later batch to the
+    pipeline's collate. Shared by the worker threads."""
+
+    # The fields it pads, with pad_collate_fn's padding value (None: the tokenizer's pad token).
+    PAD_VALUES = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0}
+
+    def __init__(self) -> None:
+        self.checked = False  # a batch with padding came out equal
+        self.usable = True
+        self._lock = threading.Lock()
+
+    def collate(self, rows: list[TokenRow], tokenizer: Any) -> dict[str, Any] | None:
+        """The model inputs for `rows`, or None where the pipeline's own collate must run
+        (fields it does not pad, rows with different fields, a difference found before)."""
+        from transformers.pipelines.base import pad_collate_fn
+
+        names = rows[0].fields.keys()
+        if not self.usable or any(name not in self.PAD_VALUES for name in names) or any(r.fields.keys() != names for r in rows):
+            return None
+        reference_collate = pad_collate_fn(tokenizer, None)  # raises as the pipeline does without a pad token
+        batch = self._padded(rows, tokenizer)
+        if self.checked:
+            return batch
+        reference = reference_collate([row.tensors() for row in rows])
+        same = _same(batch, reference)
+        with self._lock:
+            self.usable = self.usable and same
+            self.checked = self.usable and len({row.length for row in rows}) > 1
+        return batch if same else reference
+
+    def _padded(self, rows: list[TokenRow], tokenizer: Any) -> dict[str, Any]:
+        import numpy as np
+        import torch
+
+        longest = max(len(values) for row in rows for values in row.fields.values())
+        left = tokenizer.padding_side == "left"
+        batch = {}
+        for name, pad in self.PAD_VALUES.items():
+            if name not in rows[0].fields:
+                continue
+            array = np.full((len(rows), longest), tokenizer.pad_token_id if pad is None else pad, dtype=np.int64)
+            for index, row in enumerate(rows):
+                values = row.fields[name]
+                if left:
+                    array[index, longest - len(values):] = values
+                else:
+                    array[index, :len(values)] = values
+            batch[name] = torch.from_numpy(array)
+        return batch
 
 
 def _same(ours: Any, theirs: Any) -> bool:
-    """Whether two preprocess results hold the same names and equal tensors (dtype included)."""
+    """Whether two sets of model inputs (preprocess results, collated batches) hold the same
+    names and equal tensors (dtype included)."""
     import torch
 
     if set(ours.keys()) != set(theirs.keys()):
