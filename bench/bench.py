@@ -159,8 +159,8 @@ def pipeline_loop(pipe, texts: list[str], batch_size: int, order: list[int], wor
     with one intra-op thread each, each thread with its own pipeline copy (own tokenizer). The
     gap between it and the hand loop is the pipeline's own per-record work (preprocess, collate,
     unbatch, postprocess); between it and composer, composer's net cost: reading, bookkeeping and
-    writing, less what tokenizing a window in one call saves over the pipeline's per-record
-    preprocess."""
+    writing, less what tokenizing a window in one call and padding each batch in one array per
+    field save over the pipeline's per-record preprocess and collate."""
     import threading
 
     results: list[dict] = [None] * len(texts)  # type: ignore[list-item]

@@ -304,9 +304,12 @@ def torch_default_threads() -> int:
 
 def set_run_threads(threads: int | None) -> int:
     """Give torch the run's CPU threads (null: torch's default) for setup, and return the count;
-    split_threads divides them once the models have loaded."""
+    split_threads divides them once the models have loaded. The Rust tokenizer's own thread pool
+    stays off unless the environment asks for it (TOKENIZERS_PARALLELISM): the prefetch thread
+    tokenizes a window while the model's threads use the cores."""
     import torch
 
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     default = torch_default_threads()  # read first, before this or any later run changes it
     total = threads or default
     torch.set_num_threads(total)

@@ -142,10 +142,10 @@ def test_a_failure_inside_the_together_path_falls_back_record_by_record(monkeypa
 BATCH = ["the battery lasts for days", "", "ok", "a broken screen and a slow phone", "support never answered"]
 
 
-def _rows(pipe, texts: list[str]) -> list:
+def _rows(pipe, texts: list[str], params: dict | None = None) -> list:
     from composer.stages.preparer import Preparer, TokenRow
 
-    preparer = Preparer(pipe, {}, chunked=False, together=True)
+    preparer = Preparer(pipe, params or {}, chunked=False, together=True)
     prepared = preparer.prepare({str(i): text for i, text in enumerate(texts)})
     assert preparer.together and all(isinstance(item, TokenRow) for item in prepared.values())
     return [prepared[str(i)] for i in range(len(texts))]
@@ -187,12 +187,13 @@ def test_the_collate_is_checked_until_a_padded_batch_passes(monkeypatch):
     original = base.pad_collate_fn
     monkeypatch.setattr(base, "pad_collate_fn", lambda *a: (lambda items: calls.append(len(items)) or original(*a)(items)))
     collator = RowCollator()
-    collator.collate(_rows(pipe, ["one two", "three four"]), pipe.tokenizer)  # same lengths: nothing padded yet
-    assert calls == [2] and not collator.checked
+    same_length = collator.collate(_rows(pipe, ["one two", "three four"]), pipe.tokenizer)
+    assert calls == [] and not collator.checked  # nothing padded: the pipeline's collate only concatenates
+    _assert_same_batch(same_length, original(pipe.tokenizer, None)([pipe.preprocess(t) for t in ["one two", "three four"]]))
     collator.collate(_rows(pipe, BATCH), pipe.tokenizer)
-    assert calls == [2, len(BATCH)] and collator.checked
+    assert calls == [len(BATCH)] and collator.checked
     collator.collate(_rows(pipe, BATCH[:3]), pipe.tokenizer)
-    assert calls == [2, len(BATCH)]  # checked: the pipeline's collate no longer runs
+    assert calls == [len(BATCH)]  # checked: the pipeline's collate no longer runs
 
 
 def test_a_collate_that_differs_hands_every_later_batch_to_the_pipelines_collate(monkeypatch):
@@ -239,3 +240,25 @@ def test_a_tokenizer_without_a_pad_token_fails_the_batch_as_the_pipeline_does():
     pipe.tokenizer.pad_token = None
     with pytest.raises(ValueError, match="without pad_token cannot do batching"):
         RowCollator().collate(rows, pipe.tokenizer)
+
+
+def test_an_empty_row_padded_on_the_left_fails_as_in_the_pipelines_collate():
+    """Found in review: the pipeline's collate cannot left-pad a row of no tokens (it copies the
+    empty row over the whole of its batch row and fails), so such a batch fails and its records
+    run alone; RowCollator padded it, which gave the empty text an output made of padding."""
+    from transformers.pipelines.base import pad_collate_fn
+
+    from composer.stages.preparer import RowCollator
+
+    pipe = _pipe("text-classification")
+    pipe.tokenizer.padding_side = "left"
+    params = {"add_special_tokens": False}
+    rows = _rows(pipe, BATCH, params)
+    assert 0 in {row.length for row in rows}
+    with pytest.raises(RuntimeError):
+        pad_collate_fn(pipe.tokenizer, None)([pipe.preprocess(text, **params) for text in BATCH])
+    collator = RowCollator()
+    assert collator.collate(rows, pipe.tokenizer) is None and collator.usable  # the pipeline's collate runs, and fails
+    pipe.tokenizer.padding_side = "right"
+    batch = collator.collate(rows, pipe.tokenizer)  # on the right an empty row is all padding, as in the pipeline
+    _assert_same_batch(batch, pad_collate_fn(pipe.tokenizer, None)([pipe.preprocess(text, **params) for text in BATCH]))

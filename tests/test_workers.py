@@ -205,6 +205,26 @@ def test_setup_runs_with_the_runs_threads_and_batches_with_the_split(tmp_path, m
     assert seen == [2] and torch.get_num_threads() == 1  # setup on both threads, then 2 workers x 1
 
 
+@pytest.mark.parametrize("asked", [None, "true"])
+def test_the_tokenizers_own_thread_pool_stays_off_unless_asked_for(asked, tmp_path, monkeypatch):
+    """Found in review: the Python API left the Rust tokenizer's thread pool on (only the CLI
+    turned it off, and transformers does on a pipeline's first batch), so the prefetch thread's
+    window tokenizing spread over the cores the model's workers use."""
+    import os
+
+    from composer.stages.preparer import Preparer
+
+    seen = []
+    original = Preparer.prepare
+    monkeypatch.setattr(Preparer, "prepare", lambda self, values: seen.append(os.environ.get("TOKENIZERS_PARALLELISM")) or original(self, values))
+    if asked is None:
+        monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    else:
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", asked)
+    _run(tmp_path, "run", "text-classification", "workers=2")
+    assert seen and set(seen) == {asked or "false"}
+
+
 def test_batch_size_auto_probes_every_size_on_records_of_similar_length():
     """Found in review: with 2 workers the probe's rounds spanned nearly the whole window, so
     batch sizes were compared on records of very different lengths."""

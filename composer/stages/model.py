@@ -281,8 +281,8 @@ class PipelineStage(Stage):
     def prepare(self, records: list[Record]) -> dict[str, int]:
         """Run the pipeline's own preprocess (the tokenizer) for these records now, from the
         prefetch thread while the model works on the previous window; process() then feeds the
-        results to the pipeline's own collate/forward/postprocess, so outputs are those of
-        `pipe(inputs)`. Returns the records' lengths. Only for PREPARED_TASKS, whose `__call__`
+        results to the pipeline's own collate (or RowCollator, checked equal to it), forward
+        and postprocess, so outputs are those of `pipe(inputs)`. Returns the records' lengths. Only for PREPARED_TASKS, whose `__call__`
         hands a list straight to the generic pipeline loop; others are tokenized in process()."""
         if not self._prepares_ahead():
             return self.input_lengths(records)
@@ -654,8 +654,8 @@ class PipelineStage(Stage):
         # The input prepared ahead is the one to run (a {text, text_pair} input is rebuilt per
         # call, hence equality and not only identity).
         if prepared and all(p is not None and (p[0] is i or p[0] == i) for p, i in zip(prepared, inputs)):
-            # Tokenized ahead: the pipeline's own loop from collate on, in batches of
-            # self.batch_size (one record each once the stage runs records alone).
+            # Tokenized ahead: the pipeline's own loop from collate on (_run_prepared), in
+            # batches of self.batch_size (one record each once the stage runs records alone).
             outputs = self._run_prepared([p[1] for p in prepared])
             outputs = self._as_single_calls(inputs, outputs, [_token_length(p[1]) for p in prepared])
         elif len(inputs) == 1 or self.one_record_because is not None:

@@ -126,22 +126,27 @@ class RowCollator:
         self._lock = threading.Lock()
 
     def collate(self, rows: list[TokenRow], tokenizer: Any) -> dict[str, Any] | None:
-        """The model inputs for `rows`, or None where the pipeline's own collate must run
-        (fields it does not pad, rows with different fields, a difference found before)."""
+        """The model inputs for `rows`, or None where the pipeline's own collate must run:
+        fields it does not pad, rows with different fields, a difference found before, and an
+        empty row padded on the left (the pipeline's collate fails on it, and so must the batch)."""
         from transformers.pipelines.base import pad_collate_fn
 
         names = rows[0].fields.keys()
         if not self.usable or any(name not in self.PAD_VALUES for name in names) or any(r.fields.keys() != names for r in rows):
             return None
+        lengths = {row.length for row in rows}
+        if tokenizer.padding_side == "left" and 0 in lengths and len(lengths) > 1:
+            return None
         reference_collate = pad_collate_fn(tokenizer, None)  # raises as the pipeline does without a pad token
         batch = self._padded(rows, tokenizer)
-        if self.checked:
+        # Rows of one length are not padded (the pipeline's collate concatenates them): nothing to check.
+        if self.checked or len(lengths) == 1:
             return batch
         reference = reference_collate([row.tensors() for row in rows])
         same = _same(batch, reference)
         with self._lock:
             self.usable = self.usable and same
-            self.checked = self.usable and len({row.length for row in rows}) > 1
+            self.checked = self.usable
         return batch if same else reference
 
     def _padded(self, rows: list[TokenRow], tokenizer: Any) -> dict[str, Any]:
