@@ -38,6 +38,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The baselines' setting: their workers tokenize their own batches, and the tokenizer's threads
+# would compete with the model's (-25% for the hand loop with a constant forward). Composer
+# runs with its own default (runtime.set_run_threads) unless the caller set one.
+COMPOSER_SETS_TOKENIZERS = "TOKENIZERS_PARALLELISM" not in os.environ
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -184,12 +188,27 @@ def match(reference: list[dict], outputs: list[dict], tol: float = 1e-4) -> bool
     return True
 
 
+def composer_env() -> dict[str, str]:
+    """The environment composer runs in: the baselines' TOKENIZERS_PARALLELISM taken out, so
+    composer applies its own default (unless the caller set one)."""
+    env = dict(os.environ)
+    if COMPOSER_SETS_TOKENIZERS:
+        env.pop("TOKENIZERS_PARALLELISM", None)
+    return env
+
+
 def composer_run(folder: Path, data: Path, work: Path, threads: int, overrides: list[str]) -> tuple[float, list[dict], dict]:
     from composer import api
 
     run_dir = Path(tempfile.mkdtemp(dir=work))
-    result = api.run(["experiment=tiny-sentiment", f"model.id={folder}", "input=jsonl", f"input.path={data}", "input.id_field=n",
-                      f"threads={threads}", "progress=false", *overrides], run_dir=run_dir)
+    # Composer's own TOKENIZERS_PARALLELISM default for the run, the baselines' again after it.
+    baseline = os.environ.pop("TOKENIZERS_PARALLELISM") if COMPOSER_SETS_TOKENIZERS else None
+    try:
+        result = api.run(["experiment=tiny-sentiment", f"model.id={folder}", "input=jsonl", f"input.path={data}", "input.id_field=n",
+                          f"threads={threads}", "progress=false", *overrides], run_dir=run_dir)
+    finally:
+        if baseline is not None:
+            os.environ["TOKENIZERS_PARALLELISM"] = baseline
     assert result.status == "complete", result.manifest().get("error")
     rate = result.metrics()["throughput"]["records_per_second"]
     outputs = [row["prediction"][0] for row in result.outputs()]
@@ -304,7 +323,8 @@ def allocator_gain(folder: Path, data: Path, work: Path, threads: int, repeats: 
             run_dir = Path(tempfile.mkdtemp(dir=work)) / "run"
             done = subprocess.run([sys.executable, "-c", code, "run", "experiment=tiny-sentiment", f"model.id={folder}", "input=jsonl",
                                    f"input.path={data}", "input.id_field=n", f"threads={threads}", "progress=false",
-                                   f"tune_malloc={mode}", f"hydra.run.dir={run_dir}"], cwd=work, check=True, capture_output=True, text=True)
+                                   f"tune_malloc={mode}", f"hydra.run.dir={run_dir}"], cwd=work, check=True, capture_output=True, text=True,
+                                  env=composer_env())
             rates[mode].append(json.loads((run_dir / "metrics.json").read_text())["throughput"]["records_per_second"])
             faults[mode].append(int(done.stdout.split()[-1]))
     ratios = sorted(t / f - 1 for t, f in zip(rates["true"], rates["false"]))
@@ -333,7 +353,7 @@ def time_cli(args: list[str], repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "composer", *args], cwd=REPO, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "composer", *args], cwd=REPO, check=True, capture_output=True, env=composer_env())
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -357,7 +377,7 @@ def streaming_rss(counts: list[int], work: Path) -> dict[int, dict]:
                 "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]); sys.exit(code)")
         done = subprocess.run([sys.executable, "-c", code, "run", "experiment=tiny-sentiment", "input=jsonl", f"input.path={data}",
                                "input.id_field=n", "threads=1", "progress=false", f"hydra.run.dir={run_dir}"],
-                              cwd=work, check=True, capture_output=True, text=True)
+                              cwd=work, check=True, capture_output=True, text=True, env=composer_env())
         manifest = json.loads((run_dir / "manifest.json").read_text())
         results[count] = {"peak_rss_mb": int(done.stdout.split()[-1]) / 1024, "seconds": time.perf_counter() - started,
                           "records_ok": manifest["counts"]["records_ok"]}

@@ -205,11 +205,12 @@ def test_setup_runs_with_the_runs_threads_and_batches_with_the_split(tmp_path, m
     assert seen == [2] and torch.get_num_threads() == 1  # setup on both threads, then 2 workers x 1
 
 
-@pytest.mark.parametrize("asked", [None, "true"])
-def test_the_tokenizers_own_thread_pool_stays_off_unless_asked_for(asked, tmp_path, monkeypatch):
-    """Found in review: the Python API left the Rust tokenizer's thread pool on (only the CLI
-    turned it off, and transformers does on a pipeline's first batch), so the prefetch thread's
-    window tokenizing spread over the cores the model's workers use."""
+@pytest.mark.parametrize("asked", [None, "false"])
+def test_the_tokenizers_own_thread_pool_is_chosen_before_the_first_window(asked, tmp_path, monkeypatch):
+    """Composer's choice (on), or the environment's, is in place before the prefetch thread
+    tokenizes the first window. Left unset, transformers switched it off from a worker thread
+    at the first batch (an environment write while the prefetch thread may read it); since
+    RowCollator, no first batch did that, and the Python API ran with the library's default."""
     import os
 
     from composer.stages.preparer import Preparer
@@ -222,7 +223,7 @@ def test_the_tokenizers_own_thread_pool_stays_off_unless_asked_for(asked, tmp_pa
     else:
         monkeypatch.setenv("TOKENIZERS_PARALLELISM", asked)
     _run(tmp_path, "run", "text-classification", "workers=2")
-    assert seen and set(seen) == {asked or "false"}
+    assert seen and set(seen) == {asked or "true"}
 
 
 def test_batch_size_auto_probes_every_size_on_records_of_similar_length():
