@@ -306,16 +306,15 @@ def set_run_threads(threads: int | None) -> int:
     """Give torch the run's CPU threads (null: torch's default) for setup, and return the count;
     split_threads divides them once the models have loaded.
 
-    The Rust tokenizer's own thread pool is on unless the environment says otherwise
-    (TOKENIZERS_PARALLELISM). Only calls with several texts use it, and in a run those are the
-    prefetch thread's (a window at once, and length counting), so the next window is ready
-    sooner where tokenizing is the slow part (a GPU, a very small model), and where the model
-    keeps the cores busy it costs nothing measurable (bench/RESULTS.md). It is set here, before
-    any run thread starts: left unset, transformers switches it off from a worker thread at a
-    pipeline's first batch, while the prefetch thread may be reading it."""
+    The Rust tokenizer's own thread pool stays off unless the environment turns it on
+    (TOKENIZERS_PARALLELISM): it would size itself to every core whatever `threads` says, and
+    compete with the model's threads wherever a batch of texts is tokenized beside a forward
+    pass (bench/RESULTS.md measured what it gives). It is set here, before any run thread
+    starts: left unset, transformers switches it off from a worker thread at a pipeline's first
+    batch, while the prefetch thread may be reading it."""
     import torch
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     default = torch_default_threads()  # read first, before this or any later run changes it
     total = threads or default
     torch.set_num_threads(total)

@@ -205,12 +205,13 @@ def test_setup_runs_with_the_runs_threads_and_batches_with_the_split(tmp_path, m
     assert seen == [2] and torch.get_num_threads() == 1  # setup on both threads, then 2 workers x 1
 
 
-@pytest.mark.parametrize("asked", [None, "false"])
+@pytest.mark.parametrize("asked", [None, "true"])
 def test_the_tokenizers_own_thread_pool_is_chosen_before_the_first_window(asked, tmp_path, monkeypatch):
-    """Composer's choice (on), or the environment's, is in place before the prefetch thread
-    tokenizes the first window. Left unset, transformers switched it off from a worker thread
-    at the first batch (an environment write while the prefetch thread may read it); since
-    RowCollator, no first batch did that, and the Python API ran with the library's default."""
+    """Found in review: composer's choice (off), or the environment's, must be in place before
+    the prefetch thread tokenizes the first window. Through the Python API it was left to
+    transformers, which switches the pool off from a worker thread at a pipeline's first batch
+    (an environment write while the prefetch thread may read it); since RowCollator, batches of
+    texts tokenized together no longer make that call, and the pool stayed on for the run."""
     import os
 
     from composer.stages.preparer import Preparer
@@ -223,7 +224,7 @@ def test_the_tokenizers_own_thread_pool_is_chosen_before_the_first_window(asked,
     else:
         monkeypatch.setenv("TOKENIZERS_PARALLELISM", asked)
     _run(tmp_path, "run", "text-classification", "workers=2")
-    assert seen and set(seen) == {asked or "true"}
+    assert seen and set(seen) == {asked or "false"}
 
 
 def test_batch_size_auto_probes_every_size_on_records_of_similar_length():
