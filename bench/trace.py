@@ -1,7 +1,7 @@
 """Where composer's time goes next to the hand loop (issue 6's "within 3%" target).
 
 Runs composer (defaults) and the like-for-like hand loop (composer's batches, 2 workers x 1
-thread, oneDNN linear layers) on the same texts and model as bench/bench.py, alternately, and
+thread, on composer's own loaded model with its oneDNN linear layers) on the same texts and model as bench/bench.py, alternately, and
 prints per run: records/s, wall time, the process's CPU seconds during the run, the CPU seconds
 spent inside batches, how busy the worker threads were, and how long the first batch waited.
 Composer's batches are traced by wrapping `composer.graph._run_stage` (a private function: this
@@ -48,10 +48,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from composer import graph
-    from composer.runtime import onednn_linear
 
     torch.set_num_threads(args.threads)
     folder = bench.build_model(args.model, args.work / "models" / args.model)
@@ -59,8 +58,7 @@ def main() -> None:
     data = args.work / f"texts-{args.model}-{args.n}.jsonl"
     data.write_text("".join(json.dumps({"n": i, "text": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    onednn_linear(model)
+    model = bench.composers_pipeline(folder, data, args.work, args.threads).model  # both on the very same weights
     if args.constant_forward:
         from transformers import BertForSequenceClassification
         from transformers.modeling_outputs import SequenceClassifierOutput
