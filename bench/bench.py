@@ -194,9 +194,9 @@ def kept_pipeline():
 
 def composers_pipeline(folder: Path, data: Path, work: Path, threads: int):
     """Composer's own loaded pipeline (oneDNN linear layers in place), from one warm-up run.
-    The like-for-like loops run on its model: two loads of the same weights can differ by 2-3%
-    in forward speed (where their memory landed), which would otherwise sit inside "composer
-    vs the hand loop"."""
+    The like-for-like loops run on its model: two loads of the same weights differed by 1-5% in
+    forward speed (bench/RESULTS.md), which would otherwise sit inside "composer vs the hand
+    loop"."""
     composer_run(folder, data, work, threads, [])
     return kept_pipeline()
 

@@ -1,9 +1,10 @@
 """Where composer's time goes next to the hand loop (issue 6's "within 3%" target).
 
 Runs composer (defaults) and the like-for-like hand loop (composer's batches, 2 workers x 1
-thread, on composer's own loaded model with its oneDNN linear layers) on the same texts and model as bench/bench.py, alternately, and
-prints per run: records/s, wall time, the process's CPU seconds during the run, the CPU seconds
-spent inside batches, how busy the worker threads were, and how long the first batch waited.
+thread, on composer's own loaded model with its oneDNN linear layers) on the same texts and
+model as bench/bench.py, alternately, and prints per run: records/s, wall time, the process's
+CPU seconds during the run, the CPU seconds spent inside batches, how busy the worker threads
+were, and how long the first batch waited.
 Composer's batches are traced by wrapping `composer.graph._run_stage` (a private function: this
 is a diagnostic, not an API).
 

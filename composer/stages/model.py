@@ -282,8 +282,9 @@ class PipelineStage(Stage):
         """Run the pipeline's own preprocess (the tokenizer) for these records now, from the
         prefetch thread while the model works on the previous window; process() then feeds the
         results to the pipeline's own collate (or RowCollator, checked equal to it), forward
-        and postprocess, so outputs are those of `pipe(inputs)`. Returns the records' lengths. Only for PREPARED_TASKS, whose `__call__`
-        hands a list straight to the generic pipeline loop; others are tokenized in process()."""
+        and postprocess, so outputs are those of `pipe(inputs)`. Returns the records' lengths.
+        Only for PREPARED_TASKS, whose `__call__` hands a list straight to the generic pipeline
+        loop; others are tokenized in process()."""
         if not self._prepares_ahead():
             return self.input_lengths(records)
         preparer = self._preparer or self._make_preparer()
@@ -335,7 +336,6 @@ class PipelineStage(Stage):
     def _make_preparer(self) -> Preparer:
         self._preparer = Preparer(self._pipe_copy(), self._pipeline_params()[0], self._chunked(),
                                    self.task in TOKENIZED_TOGETHER_TASKS)
-        self._collator = RowCollator()
         return self._preparer
 
     def _thread_pipe(self) -> Any:
