@@ -242,10 +242,12 @@ def test_a_tokenizer_without_a_pad_token_fails_the_batch_as_the_pipeline_does():
         RowCollator().collate(rows, pipe.tokenizer)
 
 
-def test_an_empty_row_padded_on_the_left_fails_as_in_the_pipelines_collate():
-    """Found in review: the pipeline's collate cannot left-pad a row of no tokens (it copies the
-    empty row over the whole of its batch row and fails), so such a batch fails and its records
-    run alone; RowCollator padded it, which gave the empty text an output made of padding."""
+def test_an_empty_row_padded_on_the_left_is_left_to_the_pipelines_collate():
+    """Found in review: RowCollator once padded a left-padded batch holding an empty row itself,
+    where the pipeline's collate (transformers' pad_collate_fn) behaves otherwise. Composer's
+    rule: such a batch goes to the pipeline's own collate, whatever that does (5.24 and older
+    raise, so the batch fails and its records run alone; 5.25 pads it). On the right an empty
+    row is all padding, and RowCollator pads it exactly as the pipeline does."""
     from transformers.pipelines.base import pad_collate_fn
 
     from composer.stages.preparer import RowCollator
@@ -255,10 +257,9 @@ def test_an_empty_row_padded_on_the_left_fails_as_in_the_pipelines_collate():
     params = {"add_special_tokens": False}
     rows = _rows(pipe, BATCH, params)
     assert 0 in {row.length for row in rows}
-    with pytest.raises(RuntimeError):
-        pad_collate_fn(pipe.tokenizer, None)([pipe.preprocess(text, **params) for text in BATCH])
     collator = RowCollator()
-    assert collator.collate(rows, pipe.tokenizer) is None and collator.usable  # the pipeline's collate runs, and fails
+    assert collator.collate(rows, pipe.tokenizer) is None  # None: the pipeline's own collate runs
+    assert collator.usable  # and RowCollator stays in use for the batches it can pad
     pipe.tokenizer.padding_side = "right"
-    batch = collator.collate(rows, pipe.tokenizer)  # on the right an empty row is all padding, as in the pipeline
+    batch = collator.collate(rows, pipe.tokenizer)
     _assert_same_batch(batch, pad_collate_fn(pipe.tokenizer, None)([pipe.preprocess(text, **params) for text in BATCH]))
