@@ -1,9 +1,10 @@
 """`composer verify RUN_DIR`: re-execute a run from its folder alone and say what drifted.
 
 The folder's resolved config.yaml is run again into a temporary folder; outputs are compared
-line by line (byte for byte, keyed by record id) and the recorded facts that pin a run are
-compared one by one: library versions, model revisions and content hashes, dtypes, devices,
-quantization, and the input's fingerprint.
+line by line (byte for byte, keyed by record id, and in order: outputs.jsonl keeps the input's
+order, so the same lines in another order are drift too, named "reordered") and the recorded
+facts that pin a run are compared one by one: library versions, model revisions and content
+hashes, dtypes, devices, quantization, and the input's fingerprint.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ class VerifyReport:
     changed: list[str] = field(default_factory=list)  # ids whose output line differs
     missing: list[str] = field(default_factory=list)  # ids the original has and the re-run lacks
     extra: list[str] = field(default_factory=list)  # ids only the re-run has
+    # per file whose shared lines come in another order, where they first part:
+    # 'outputs.jsonl line N holds id X where the re-run has id Y (same lines, another order)'
+    reordered: list[str] = field(default_factory=list)
     drift: list[str] = field(default_factory=list)  # 'fact: before -> after'
 
     @property
     def identical(self) -> bool:
-        return not (self.changed or self.missing or self.extra or self.drift)
+        return not (self.changed or self.missing or self.extra or self.reordered or self.drift)
 
     def lines(self) -> list[str]:
         if self.identical:
@@ -40,17 +44,45 @@ class VerifyReport:
             if ids:
                 shown = ", ".join(ids[:20]) + (f", ... ({len(ids)} in all)" if len(ids) > 20 else "")
                 out.append(f"{label}: {shown}")
+        out += [f"reordered: {line}" for line in self.reordered]
         out += [f"drift: {line}" for line in self.drift]
         return out
 
 
-def _lines_by_id(path: Path) -> dict[str, str]:
+def _lines(path: Path) -> list[tuple[str, str]]:
+    """(record id, line) of each line of a run folder's JSON Lines file, in file order."""
     import json
 
     if not path.exists():
-        return {}
+        return []
     with path.open(encoding="utf-8") as handle:
-        return {json.loads(line)["id"]: line for line in handle if line.strip()}
+        return [(str(json.loads(line)["id"]), line) for line in handle if line.strip()]
+
+
+def _keyed(lines: dict[str, list[tuple[str, str]]]) -> dict[tuple[str, str, int], str]:
+    """Each line by (file, id, occurrence): an id repeated in the input (its duplicates fail
+    with that id) names several lines, each compared with its counterpart."""
+    keyed: dict[tuple[str, str, int], str] = {}
+    for name, pairs in lines.items():
+        seen: dict[str, int] = {}
+        for record_id, line in pairs:
+            seen[record_id] = seen.get(record_id, 0) + 1
+            keyed[(name, record_id, seen[record_id])] = line
+    return keyed
+
+
+def _order_drift(name: str, before: list[tuple[str, str]], after: list[tuple[str, str]]) -> str | None:
+    """Where the lines both files hold part order, or None when they come in the same order.
+
+    Lines are matched as (id, line) pairs, so an input with a repeated id (its duplicates fail
+    with the same id) is compared line for line too."""
+    shared_before, shared_after = set(before), set(after)
+    kept_before = [(i, pair) for i, pair in enumerate(before, start=1) if pair in shared_after]
+    kept_after = [pair for pair in after if pair in shared_before]
+    for (number, old), new in zip(kept_before, kept_after):
+        if old != new:
+            return f"{name} line {number} holds id {old[0]!r} where the re-run has id {new[0]!r} (same lines, another order)"
+    return None
 
 
 def _pick(facts: dict[str, Any], dotted: str) -> Any:
@@ -70,12 +102,15 @@ def _facts(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare(original: Path, rerun: Path) -> VerifyReport:
-    before = {**_lines_by_id(original / runstore.OUTPUTS), **_lines_by_id(original / runstore.ERRORS)}
-    after = {**_lines_by_id(rerun / runstore.OUTPUTS), **_lines_by_id(rerun / runstore.ERRORS)}
-    report = VerifyReport(records=len(before))
-    report.changed = [i for i in before if i in after and before[i] != after[i]]
-    report.missing = [i for i in before if i not in after]
-    report.extra = [i for i in after if i not in before]
+    names = (runstore.OUTPUTS, runstore.ERRORS)
+    old_lines = {name: _lines(original / name) for name in names}
+    new_lines = {name: _lines(rerun / name) for name in names}
+    before, after = _keyed(old_lines), _keyed(new_lines)
+    report = VerifyReport(records=sum(len(lines) for lines in old_lines.values()))
+    report.changed = [key[1] for key in before if key in after and before[key] != after[key]]
+    report.missing = [key[1] for key in before if key not in after]
+    report.extra = [key[1] for key in after if key not in before]
+    report.reordered = [line for name in names if (line := _order_drift(name, old_lines[name], new_lines[name]))]
     old_facts = _facts(runstore.read_json(original / runstore.MANIFEST))
     new_facts = _facts(runstore.read_json(rerun / runstore.MANIFEST))
     for key in sorted(set(old_facts) | set(new_facts)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -65,3 +66,19 @@ def test_verify_refuses_an_unfinished_run(tmp_path):
 
 def _ids(run_dir):
     return [row["id"] for row in api.RunResult.load(run_dir).outputs()]
+
+
+def test_swapped_lines_are_named_as_reordered(local_run, tmp_path):
+    """Found by probing (issue 16): two lines of outputs.jsonl swapped verified "identical", since
+    lines were compared by id only; outputs.jsonl keeps the input's order, so order is checked."""
+    run_dir, _, _ = local_run
+    outputs = run_dir / "outputs.jsonl"
+    lines = outputs.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[0], lines[2] = lines[2], lines[0]
+    outputs.write_text("".join(lines), encoding="utf-8")
+    first, third = (json.loads(line)["id"] for line in (lines[2], lines[0]))
+    done = run_cli("verify", str(run_dir), cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        f"reordered: outputs.jsonl line 1 holds id {third!r} where the re-run has id {first!r} (same lines, another order)"
+    ]
