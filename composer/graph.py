@@ -59,7 +59,9 @@ class Graph:
         return [s for s in self.stages() if s.kind == "model"]
 
     def upstream_fingerprint(self, name: str) -> str:
-        """A hash of the fingerprints of every stage `name` depends on, directly or not."""
+        """A hash of the fingerprints of every stage `name` depends on, directly or not, but
+        the source: it says where records come from (a path), while a result-cache key holds
+        each record's model input itself, so the same bytes read from another path hit."""
         inputs = {n.stage.name: n.inputs for n in self.nodes}
         ancestors: set[str] = set()
         pending = list(inputs[name])
@@ -68,7 +70,7 @@ class Graph:
             if current not in ancestors:
                 ancestors.add(current)
                 pending.extend(inputs[current])
-        fingerprints = [n.stage.fingerprint() for n in self.nodes if n.stage.name in ancestors]
+        fingerprints = [n.stage.fingerprint() for n in self.nodes if n.stage.name in ancestors and n.stage.kind != "source"]
         return hashlib.sha256("".join(fingerprints).encode("ascii")).hexdigest()[:16]
 
     def describe(self) -> list[dict[str, Any]]:

@@ -91,6 +91,23 @@ def test_what_changes_outputs_misses(cached):
     assert run()[1]["cache"]["misses"] == 5  # the weights' content hash
 
 
+def test_the_same_input_bytes_at_another_path_hit(cached, tmp_path):
+    """Found by probing (issue 16): a copy of the input file at another path missed on every
+    record, since the source's path was part of each key; the key holds the model input itself."""
+    run, _ = cached
+    first, facts = run()
+    assert facts["cache"]["misses"] == 5
+    moved = tmp_path / "elsewhere" / "copy.jsonl"
+    moved.parent.mkdir()
+    moved.write_bytes((tmp_path / "input.jsonl").read_bytes())
+    second, facts = run(f"input.path={moved}")
+    assert facts["cache"]["hits"] == 5 and facts["cache"]["misses"] == 0 and facts["loaded"] is False
+    assert (second.run_dir / "outputs.jsonl").read_bytes() == (first.run_dir / "outputs.jsonl").read_bytes()
+    # What the source reads still counts: another field is another model input.
+    write_jsonl(moved, [{"text": t, "title": t.upper()} for t in TEXTS])
+    assert run(f"input.path={moved}", "input.field=title")[1]["cache"]["misses"] == 5
+
+
 def test_a_rerun_sweep_loads_no_model(tmp_path):
     data = write_jsonl(tmp_path / "input.jsonl", [{"text": t} for t in TEXTS])
     sweep = ["run", "-m", "experiment=tiny-sentiment", "input=jsonl", f"input.path={data}", "batch_size=1,4", "cache=on",
