@@ -199,16 +199,36 @@ class PipelineStage(Stage):
         lengths: dict[str, int] = {}
         for record in records:
             key = str(record["id"])
-            value = self._model_input(record)
+            value = self._model_input(record)  # a field not written yet raises: the graph measures it later
             parts = [value] if isinstance(value, str) else [v for v in value.values() if isinstance(v, str)] if isinstance(value, dict) else []
             lengths[key] = 0 if parts else 1
             texts += parts
             owners += [key] * len(parts)
-        for key, count in zip(owners, counter(texts) if texts else []):
+        try:
+            counts = counter(texts) if texts else []
+            estimated: set[str] = set()
+        except Exception:  # noqa: BLE001 - one text the tokenizer refuses (a lone surrogate) must not fail the window
+            counts, estimated = self._count_one_by_one(counter, texts, owners)
+        for key, count in zip(owners, counts):
             lengths[key] += count
         if self._counts_tokens:
-            self._token_counts.update((key, lengths[key]) for key in set(owners))
+            self._token_counts.update((key, lengths[key]) for key in set(owners) - estimated)
         return lengths
+
+    @staticmethod
+    def _count_one_by_one(counter: Any, texts: list[str], owners: list[str]) -> tuple[list[int], set[str]]:
+        """Token counts text by text, after the window's batch call failed: a text the tokenizer
+        refuses gets a character estimate (it only orders batches; the record then fails in
+        process(), alone); its record is returned among the estimated (no token count kept)."""
+        counts: list[int] = []
+        estimated: set[str] = set()
+        for text, key in zip(texts, owners):
+            try:
+                counts += counter([text])
+            except Exception:  # noqa: BLE001 - see above
+                counts.append(max(1, len(text) // 4))
+                estimated.add(key)
+        return counts, estimated
 
     def _tokenizer_without_model(self) -> Any:
         """The model's tokenizer, read from its files when the weights are not loaded (the result

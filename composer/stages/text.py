@@ -34,10 +34,20 @@ class Template(Stage):
     def process(self, records: list[Record]) -> list[Record]:
         # Format every record before writing any: a failed batch is retried record by record,
         # and a record already written (e.g. output_field=text) would be templated twice.
-        prompts = [self.template.format(**{f: require_field(r, f, self.name) for f in self.reads}) for r in records]
+        prompts = [self.template.format(**{f: self._value(r, f) for f in self.reads}) for r in records]
         for record, prompt in zip(records, prompts):
             record[self.output_field] = prompt
         return records
+
+    def _value(self, record: Record, field: str) -> str | int | float:
+        """A field's value for the template: text or a number. A list, a mapping or null would
+        be formatted as its repr ("['a', 'b']", "None"), a prompt nobody meant: that record fails."""
+        value = require_field(record, field, self.name)
+        if isinstance(value, (str, int, float)):
+            return value
+        kind = "null" if value is None else type(value).__name__
+        raise TypeError(f"record {record.get('id')!r}: field {field!r} is {kind}, not text or a number; "
+                        f"stage {self.name!r} puts it into its template")
 
 
 def _placeholders(template: str) -> list[str]:
