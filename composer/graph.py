@@ -409,7 +409,7 @@ class ExecutionPolicy:
     on_error: str = "skip"
     max_errors: int | None = None
     errors_before: int = 0  # failures recorded by earlier attempts (they count toward max_errors)
-    skip_ids: set[str] = field(default_factory=set)  # records finished by an earlier attempt
+    skip_ids: Any = field(default_factory=set)  # finished by an earlier attempt: a runstore.Written, or a set of ids
     should_stop: Callable[[], bool] = lambda: False  # checked between batches (Ctrl-C, SIGTERM)
 
 
@@ -434,9 +434,12 @@ def execute(
         stats.seconds = time.perf_counter() - started
 
 
-def _unfinished(items: Iterator[Record | RecordFailure], skip_ids: set[str], stats: ExecutionStats) -> Iterator[Any]:
+def _unfinished(items: Iterator[Record | RecordFailure], skip_ids: Any, stats: ExecutionStats) -> Iterator[Any]:
+    """The items no earlier attempt finished: `skip_ids` is a runstore.Written (which matches a
+    source's failures line by line) or a plain set of ids."""
+    skips = getattr(skip_ids, "skips", None) or (lambda item: (item.id if isinstance(item, RecordFailure) else item["id"]) in skip_ids)
     for item in items:
-        if (item.id if isinstance(item, RecordFailure) else item["id"]) in skip_ids:
+        if skips(item):
             stats.records_skipped += 1
             continue
         yield item
@@ -736,6 +739,11 @@ def _run_window(
         cut = failures[0][0] if cut is None else min(cut, failures[0][0])
     if cut is not None:
         records = [r for r in records if positions[str(r["id"])] < cut]
+        # Failures past the cut are left for resume to find again, in their place: written now,
+        # they would come before those of the records left undone ahead of them. on_error=fail
+        # keeps the failure that stops the run.
+        stopper = failures[0] if failures and policy.on_error == "fail" else None
+        failures = [pair for pair in failures if pair[0] < cut or pair is stopper]
     stats.records_failed += len(failures)
     on_failures([failure for _, failure in failures])
     if failures and policy.on_error == "fail":

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from composer.records import to_jsonable
+from composer.records import Record, RecordFailure, to_jsonable
 
 CONFIG = "config.yaml"
 MANIFEST = "manifest.json"
@@ -121,9 +122,50 @@ def repair_torn_tail(path: Path) -> bool:
     return True
 
 
-def written_ids(run_dir: Path) -> set[str]:
-    """Ids already in outputs.jsonl or errors.jsonl: a resumed run skips them."""
-    return {row["id"] for name in (OUTPUTS, ERRORS) for row in iter_jsonl(run_dir / name)}
+class Written:
+    """What earlier attempts of a run wrote, so that a resumed run skips exactly that.
+
+    A record is done when its id is in outputs.jsonl, or in errors.jsonl from a stage after the
+    source (it failed there). A failure the source yields (a bad line, a duplicate id) is done
+    when errors.jsonl holds a line with its id and stage not yet matched: it cannot be matched by
+    id alone, since a duplicate id's failure carries the id of a record that succeeded, and
+    skipping it by that id dropped its line from errors.jsonl on resume.
+    """
+
+    def __init__(self, record_ids: set[str] | None = None, failures: Counter[tuple[str, str]] | None = None,
+                 lines: int = 0):
+        self.record_ids = set(record_ids or ())
+        self.failures: Counter[tuple[str, str]] = Counter(failures or {})
+        self.lines = lines
+
+    def __len__(self) -> int:
+        """Lines written by earlier attempts (outputs and errors)."""
+        return self.lines
+
+    def skips(self, item: Record | RecordFailure) -> bool:
+        """Whether `item`, the next one the source yields, was finished by an earlier attempt;
+        call it once per item, in input order (each error line matches one failure)."""
+        if isinstance(item, RecordFailure):
+            key = (str(item.id), item.stage)
+            if self.failures[key] > 0:
+                self.failures[key] -= 1
+                return True
+            return False
+        return str(item["id"]) in self.record_ids
+
+
+def written_ids(run_dir: Path, source: str = "source") -> Written:
+    """What outputs.jsonl and errors.jsonl already hold (`source`: the source stage's name)."""
+    written = Written()
+    for row in iter_jsonl(run_dir / OUTPUTS):
+        written.record_ids.add(str(row["id"]))
+        written.lines += 1
+    for row in iter_jsonl(run_dir / ERRORS):
+        written.failures[(str(row["id"]), str(row.get("stage")))] += 1
+        if row.get("stage") != source:
+            written.record_ids.add(str(row["id"]))
+        written.lines += 1
+    return written
 
 
 def count_lines(path: Path) -> int:

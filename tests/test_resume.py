@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from composer import api
 from composer.runstore import repair_torn_tail
-from conftest import read_jsonl, run_cli, write_jsonl
+from conftest import read_jsonl, run_cli, stop_requested_at, write_jsonl
 
 N_RECORDS = 240
 # Text generation with the tiny GPT-2 is slow enough (tens of records a second) to be stopped
@@ -34,6 +35,26 @@ def uninterrupted(data, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("uninterrupted")
     run_cli("run", *CONFIG, f"input.path={data}", f"hydra.run.dir={work / 'run'}", cwd=work, check=True)
     return work / "run"
+
+
+def _messy_lines(count: int, text: callable) -> list[str]:
+    """`count` input lines with, spread over the whole input, ids repeated from early in the
+    input (each repeat fails as a duplicate id), lines that are not JSON, and `text(i)` otherwise."""
+    lines = []
+    for i in range(count):
+        if i % 13 == 7:
+            lines.append('{"n": "broken, not json')
+        else:
+            lines.append(json.dumps({"n": i // 4 if i % 9 == 4 else i, "text": text(i)}))
+    return lines
+
+
+@pytest.fixture(scope="module")
+def messy_data(tmp_path_factory) -> Path:
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    path = tmp_path_factory.mktemp("messy") / "input.jsonl"
+    path.write_text("".join(line + "\n" for line in _messy_lines(N_RECORDS, lambda i: " ".join(words[(i + k) % 10] for k in range(1 + i % 7)))))
+    return path
 
 
 def _start(data: Path, run_dir: Path) -> subprocess.Popen:
@@ -146,3 +167,53 @@ def test_repair_torn_tail(tmp_path):
     assert repair_torn_tail(path) is False
     path.write_text('{"id": 1')
     assert repair_torn_tail(path) is True and path.read_text() == ""
+
+
+def _assert_counts_add_up(run_dir: Path, records_in: int) -> None:
+    counts = json.loads((run_dir / "manifest.json").read_text())["counts"]
+    assert counts["records_in"] == records_in == counts["records_ok"] + counts["records_failed"]
+    assert counts["records_ok"] == len(read_jsonl(run_dir / "outputs.jsonl"))
+    assert counts["records_failed"] == len(read_jsonl(run_dir / "errors.jsonl"))
+
+
+def test_kill_9_then_resume_keeps_every_error_line_of_a_messy_input(messy_data, tmp_path):
+    """Found by probing (issue 16): after kill -9 and resume on an input with repeated ids, the
+    duplicate-id errors past the crash point were dropped (that id was already in outputs.jsonl,
+    so resume skipped the failure by its id): 61-63 error lines instead of 66."""
+    whole = tmp_path / "whole"
+    run_cli("run", *CONFIG, f"input.path={messy_data}", f"hydra.run.dir={whole}", cwd=tmp_path)
+    expected_errors = (whole / "errors.jsonl").read_bytes()
+    duplicates = [e for e in read_jsonl(whole / "errors.jsonl") if "duplicate id" in e["message"]]
+    assert len(duplicates) >= 20  # one in 9 lines, all through the input: many come after the kill point
+    _assert_counts_add_up(whole, N_RECORDS)
+    run_dir = tmp_path / "run"
+    _killed_after(messy_data, run_dir, 40)
+    assert len(read_jsonl(run_dir / "outputs.jsonl")) < 150
+    done = run_cli("resume", str(run_dir), cwd=tmp_path)
+    assert done.returncode == 1, done.stderr  # completed with record errors
+    assert (run_dir / "errors.jsonl").read_bytes() == expected_errors
+    assert (run_dir / "outputs.jsonl").read_bytes() == (whole / "outputs.jsonl").read_bytes()
+    _assert_counts_add_up(run_dir, N_RECORDS)
+
+
+def test_a_stop_inside_a_window_then_resume_keeps_error_lines_in_input_order(tmp_path, monkeypatch):
+    """A stop inside a sorted window wrote every failure found in the window, also those past the
+    first record left undone, among them duplicate-id failures carrying the id of a record left
+    undone: resume skipped that record by its id, and its output was lost (records 1 and 3 here)."""
+    lines = _messy_lines(64, lambda i: "word " * 600 if i % 11 == 5 else f"record number {i} " * (1 + i % 5))
+    data = tmp_path / "input.jsonl"
+    data.write_text("".join(line + "\n" for line in lines))
+    config = ["experiment=tiny-sentiment", "input=jsonl", f"input.path={data}", "input.id_field=n", "threads=1",
+              "progress=false", "batch_size=4", "sort_window=32", "prefetch=0"]
+    whole = api.run(config, run_dir=tmp_path / "whole")
+    assert whole.status == "completed_with_errors"
+    with monkeypatch.context() as patch:
+        patch.setattr(api, "_StopRequests", stop_requested_at(3))  # after the 2nd batch of the 1st window
+        stopped = api.run(config, run_dir=tmp_path / "run")
+    assert stopped.status == "interrupted"
+    assert len(stopped.outputs()) < 32
+    resumed = api.resume(tmp_path / "run")
+    assert resumed.status == "completed_with_errors"
+    assert (resumed.run_dir / "errors.jsonl").read_bytes() == (whole.run_dir / "errors.jsonl").read_bytes()
+    assert (resumed.run_dir / "outputs.jsonl").read_bytes() == (whole.run_dir / "outputs.jsonl").read_bytes()
+    _assert_counts_add_up(resumed.run_dir, 64)
