@@ -114,6 +114,7 @@ def run(overrides: Sequence[str] = (), run_dir: str | Path | None = None, config
         stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
         run_dir = Path(config["runs_root"]) / str(config["name"]) / stamp
     run_dir = Path(run_dir)
+    runstore.check_run_folder(run_dir)  # before anything is written into it
     run_dir.joinpath(".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / ".hydra" / "overrides.yaml")
@@ -125,6 +126,7 @@ def resume(run_dir: str | Path) -> RunResult:
     run_dir = Path(run_dir)
     if not (run_dir / runstore.MANIFEST).exists():
         raise FileNotFoundError(f"{run_dir} holds no run (no manifest.json)")
+    runstore.check_run_folder(run_dir)
     config = runstore.read_config(run_dir)
     issues = validate(config)
     if issues:
@@ -262,6 +264,7 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
     graph = plan_graph(config, run_dir=str(run_dir))
     deep_check(graph)
     cache = _attach_cache(graph, config["cache"])
+    runstore.check_run_folder(run_dir)  # a file, or another program's folder: refused, nothing written
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = runstore.previous_attempt(run_dir, config)
     graph.source.setup()
@@ -274,9 +277,12 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
             raise runstore.ResumeRefused(f"the input changed since the run in {run_dir} began: " + "; ".join(changed))
         for name in (runstore.OUTPUTS, runstore.ERRORS):
             runstore.repair_torn_tail(run_dir / name)
-        skip_ids = runstore.written_ids(run_dir)
+        try:
+            skip_ids, damaged = runstore.written_ids(run_dir), None
+        except runstore.RunFolderError as error:  # a damaged line: this attempt fails, saying where
+            skip_ids, damaged = set(), error
     else:
-        manifest, skip_ids = _new_manifest(config, overrides), set()
+        manifest, skip_ids, damaged = _new_manifest(config, overrides), set(), None
         OmegaConf.save(OmegaConf.create(config), run_dir / runstore.CONFIG)
     manifest.update(status="running", input=input_fingerprint)
     attempt: dict[str, Any] = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(), "skipped": len(skip_ids)}
@@ -287,6 +293,8 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
     status, exit_code, error_info = "failed", EXIT_FAILED, None
     wall_started = time.perf_counter()
     try:
+        if damaged is not None:
+            raise damaged
         _reset_peak_memory()
         deterministic, show_progress = bool(config.get("deterministic", False)), _shows_progress(config["progress"])
         seed_everything(config["seed"], deterministic)

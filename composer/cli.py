@@ -165,6 +165,16 @@ def run_command(argv: Sequence[str]) -> int:
         except ConfigError as error:
             _print_issues(error)
             return api.EXIT_CONFIG
+    from hydra._internal.utils import get_args_parser
+
+    from composer.callbacks import hydra_issues  # Hydra's own targets and the run folder, before Hydra acts
+
+    flags = get_args_parser().parse_args(list(argv))
+    if not (flags.cfg or flags.info or flags.help or flags.hydra_help or flags.shell_completion):
+        refused = hydra_issues(overrides, extra_dir, bool(flags.multirun))
+        if refused:
+            _print_issues(ConfigError(refused))
+            return api.EXIT_CONFIG
     rewritten = [a if a not in overrides else open_mapping_overrides([a])[0] for a in argv]
     main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(_hydra_job)
     saved_argv = sys.argv

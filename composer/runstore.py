@@ -25,30 +25,89 @@ METRICS = "metrics.json"
 _CHUNK = 1 << 16
 
 
+JOB_ERROR = "job_error.json"  # a sweep job that could not run (composer.sweep)
+# Space held while a run writes its lines, given back before the closing metrics.json and
+# manifest.json: on a disk that fills up mid-run they still fit, and say `failed` and why.
+RESERVE = ".composer-reserve"
+_RESERVE_BYTES = 1 << 18
+# os.write, through a name tests can replace to run out of disk space at a chosen byte.
+_write = os.write
+
+
+def _hold_reserve(folder: Path) -> None:
+    path = folder / RESERVE
+    if path.exists():
+        return
+    try:
+        path.write_bytes(os.urandom(_RESERVE_BYTES))  # not zeros: a compressing filesystem stores those in no space
+    except OSError:
+        path.unlink(missing_ok=True)  # no room even for that: the run goes on, it fails at its first line
+
+
+def release_reserve(folder: Path) -> None:
+    (folder / RESERVE).unlink(missing_ok=True)
+
+
+class RunFolderError(Exception):
+    """The run folder cannot hold this run, or what it holds cannot be read; the message says
+    which file, where, and what to do."""
+
+
+class WriteFailed(OSError):
+    """A run folder file could not be written (disk full, I/O error); what was written before stays."""
+
+
 class JsonlAppender:
-    """Appends JSON lines and flushes after each batch, so a crash loses at most the batch in flight."""
+    """Appends JSON lines, each batch in one unbuffered write, so a crash loses at most the batch
+    in flight. A write that fails (disk full) is taken back whole, so the file holds the lines
+    before that batch and nothing else, and nothing stays buffered for close() to fail on. While
+    open it holds the folder's space reserve (RESERVE), given back when it closes."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._handle = path.open("a", encoding="utf-8")
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.count = 0
+        _hold_reserve(path.parent)
 
     def write_many(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        self._handle.write("".join(json.dumps(to_jsonable(row), ensure_ascii=False) + "\n" for row in rows))
-        self._handle.flush()
+        data = "".join(json.dumps(to_jsonable(row), ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+        view = memoryview(data)
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            while view:
+                view = view[_write(self._fd, view):]
+        except OSError as error:
+            try:
+                os.ftruncate(self._fd, start)  # needs no space: the batch's lines go, whole or not
+            except OSError:
+                pass  # a torn last line then stays; resume cuts it
+            raise WriteFailed(
+                error.errno,
+                f"could not write {self.path.name} in {self.path.parent}: {error.strerror or error} "
+                f"(the lines written before are kept; once the cause is fixed, `composer resume {self.path.parent}` "
+                "finishes the run)",
+            ) from None
         self.count += len(rows)
 
     def close(self) -> None:
-        self._handle.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        release_reserve(self.path.parent)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename): a reader never sees half a manifest."""
+    """Write JSON atomically (temp file + rename): a reader never sees half a manifest, and a
+    write that fails (disk full) leaves the previous file whole and no temp file behind."""
     temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -60,13 +119,29 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Stream the JSON lines of a file (nothing if it does not exist)."""
+    """Stream the JSON lines of a run folder file (nothing if it does not exist); a line that is
+    not a JSON object with an id raises RunFolderError naming the file and the line."""
     if not path.exists():
         return
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise _damaged(path, number, f"is not valid JSON ({error})") from None
+            if not isinstance(row, dict) or "id" not in row:
+                raise _damaged(path, number, "is not a record (a JSON object with an id)")
+            yield row
+
+
+def _damaged(path: Path, number: int, what: str) -> RunFolderError:
+    return RunFolderError(
+        f"{path} line {number} {what}: the file was edited or damaged after composer wrote it. "
+        f"Repair that line, or cut the file before it (head -n {number - 1}) so that the records from "
+        "there on run again, then resume"
+    )
 
 
 # Settings that never change a record's output (DESIGN.md: batching does not change outputs), so
@@ -78,6 +153,45 @@ FINISHED = ("complete", "completed_with_errors")
 
 class ResumeRefused(Exception):
     """The folder holds a run that this config cannot continue."""
+
+
+class FolderRefused(ResumeRefused):
+    """The folder is not one composer may write a run into (a file, or another program's folder)."""
+
+
+# What may be in a folder without a manifest.json that a run still starts in: Hydra's own
+# files (it makes .hydra/ and <app>.log before the job starts), the config.yaml written just
+# before the first manifest, and a sweep job's record of an earlier failure.
+_BEFORE_MANIFEST = (".hydra", CONFIG, JOB_ERROR, MANIFEST + ".tmp", RESERVE)
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Raise FolderRefused, before anything is written, when `run_dir` is not a folder composer
+    may put a run into: not a folder (a file, /dev/null), under a file, or a folder holding
+    files of another program (its own outputs.jsonl, which a run would append to). An empty or
+    new folder, and one of composer's own runs (to resume), pass."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FolderRefused(f"{run_dir} is not a folder (a file or device is there); set hydra.run.dir to a folder")
+    if not run_dir.exists():
+        parent = next((p for p in run_dir.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise FolderRefused(f"{run_dir} cannot be made: {parent} is not a folder; set hydra.run.dir to a folder")
+        return
+    manifest = run_dir / MANIFEST
+    if manifest.exists():
+        try:
+            data = read_json(manifest)
+        except (OSError, ValueError):
+            data = None
+        if not (isinstance(data, dict) and "status" in data and "attempts" in data and (run_dir / CONFIG).is_file()):
+            raise FolderRefused(f"{run_dir} holds a manifest.json that composer did not write (or a run folder without its "
+                                "config.yaml): a run goes into a new or empty folder, or into one of composer's runs to resume it")
+        return
+    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in _BEFORE_MANIFEST and p.suffix != ".log")
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise FolderRefused(f"{run_dir} was not made by composer (it holds {shown} and no manifest.json), so nothing is "
+                            "written into it: choose a new or empty folder with hydra.run.dir=...")
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,6 @@ FINISHED = ("complete", "completed_with_errors")
 
 def record_job_error(job_dir: Path, error: BaseException, exit_code: int, overrides: list[str]) -> None:
     """Write job_error.json: why this job produced no run (its manifest, if any, is left as is)."""
-    job_dir.mkdir(parents=True, exist_ok=True)
     status = "config_error" if exit_code == EXIT_CONFIG else "failed"
     data = {
         "status": status,
@@ -34,8 +34,13 @@ def record_job_error(job_dir: Path, error: BaseException, exit_code: int, overri
         "error": {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc()},
     }
     temporary = job_dir / (JOB_ERROR + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(temporary, job_dir / JOB_ERROR)
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        os.replace(temporary, job_dir / JOB_ERROR)
+    except OSError as write_error:  # a full disk or a folder that is no folder: say so, the sweep goes on
+        temporary.unlink(missing_ok=True)
+        print(f"composer: could not record the job's failure in {job_dir / JOB_ERROR}: {write_error}", file=sys.stderr)
 
 
 def job_outcome(job_dir: Path) -> dict[str, Any]:
