@@ -251,12 +251,62 @@ def check_model(model: dict, path: str) -> list[ConfigIssue]:
                 "or a mapping of module names to devices" + did_you_mean(device_map, DEVICE_MAP_STRATEGIES),
             )
         )
-    for reserved in ("quantization_config", "dtype", "torch_dtype", "device_map", "trust_remote_code", "revision"):
-        if reserved in (model.get("model_kwargs") or {}):
-            where = "quantization=" if reserved == "quantization_config" else f"{path}.{reserved.replace('torch_', '')}"
-            issues.append(
-                ConfigIssue(join(join(path, "model_kwargs"), reserved), f"set this through {where}, not model_kwargs")
-            )
+    model_kwargs = model.get("model_kwargs")
+    if isinstance(model_kwargs, dict):
+        issues += check_load_gates(model_kwargs, join(path, "model_kwargs"), model_path=path)
+    return issues
+
+
+_PICKLE = "it decides whether pickle weights, which can run code as they load, may load"
+_KERNELS = "it downloads and runs compiled kernels from the Hugging Face Hub"
+# Keys that decide which code or weights load: (their typed key, which the gates check and the
+# manifest records, or None where composer has none; why). Set in model.model_kwargs, pipeline
+# or call (or a stage's copies of them) they would pass beside the gates: before this check,
+# model_kwargs.use_safetensors=false loaded pickle weights while the manifest said
+# allow_pickle: false. So they are refused there, and the model stage's loader sets the gated
+# ones itself (use_safetensors unless allow_pickle).
+LOAD_GATES: dict[str, tuple[str | None, str]] = {
+    "use_safetensors": ("{model}.allow_pickle", _PICKLE),
+    "weights_only": ("{model}.allow_pickle", _PICKLE),
+    "trust_remote_code": ("{model}.trust_remote_code", "it decides whether code from the model's repository runs"),
+    "code_revision": ("{model}.revision", "it picks the remote code that runs"),
+    "revision": ("{model}.revision", "it picks the weights and code that load"),
+    "quantization_config": ("quantization=<none|bnb-8bit|bnb-4bit|torchao-int8>", "it changes the weights that load"),
+    "device_map": ("{model}.device_map", "it decides where the weights load (and may offload them to disk)"),
+    "dtype": ("{model}.dtype", "it changes the weights that load"),
+    "torch_dtype": ("{model}.dtype", "it changes the weights that load"),
+    "gguf_file": (None, "it loads GGUF weights in place of the model's safetensors"),
+    "state_dict": (None, "it replaces the model's weights"),
+    "from_tf": (None, "it loads a TensorFlow checkpoint in place of safetensors"),
+    "from_flax": (None, "it loads a Flax checkpoint in place of safetensors"),
+    "use_kernels": (None, _KERNELS),
+    "kernel_config": (None, _KERNELS),
+    "allow_all_kernels": (None, _KERNELS),
+    "kernels_mode": (None, _KERNELS),
+    "custom_generate": (None, "it runs generation code from the Hub or a folder"),
+    "assistant_model": (None, "it loads a second model past the pickle and remote-code gates"),
+    "assistant_tokenizer": (None, "it loads a tokenizer past the remote-code gate"),
+}
+# In pipeline. and call. these are refused by the task-parameter check (taskparams.MISPLACED),
+# with the key to set instead; reported once.
+_TASK_PARAM_CHECKED = frozenset({"quantization_config", "dtype", "torch_dtype", "device_map", "trust_remote_code", "revision"})
+
+
+def check_load_gates(params: dict, path: str, model_path: str = "model") -> list[ConfigIssue]:
+    """Issues for keys in `params` (model_kwargs, pipeline or call, at `path`) that decide which
+    code or weights load, and so belong behind a gate (LOAD_GATES)."""
+    where = path.rsplit(".", 1)[-1]
+    issues = []
+    for key, value in params.items():
+        if where != "model_kwargs" and key in _TASK_PARAM_CHECKED:
+            continue
+        if key in LOAD_GATES:
+            home, why = LOAD_GATES[key]
+            instead = f"; set {home.format(model=model_path)} instead" if home else " (no composer setting allows it)"
+            issues.append(ConfigIssue(join(path, key), f"not allowed in {where}: {why}{instead}"))
+        elif key == "attn_implementation" and isinstance(value, str) and "/" in value:
+            issues.append(ConfigIssue(join(path, key), f"not allowed in {where}: {value!r} names a kernel repository on the Hub, "
+                                      "which would be downloaded and run; use eager, sdpa or flash_attention_2"))
     return issues
 
 
@@ -344,6 +394,28 @@ def validate(config: dict) -> list[ConfigIssue]:
     for key in ("pipeline", "call"):
         if "batch_size" in (config.get(key) or {}):
             issues.append(ConfigIssue(f"{key}.batch_size", "set the top-level batch_size instead"))
+        if isinstance(config.get(key), dict):
+            issues += check_load_gates(config[key], key)
+    issues += _check_stage_load_gates(config)
+    return issues
+
+
+def _check_stage_load_gates(config: dict) -> list[ConfigIssue]:
+    """The load gates over the pipeline and call mappings of every configured stage (a stage's
+    model mapping is checked with the graph, check_model)."""
+    specs: list[tuple[str, Any]] = []
+    for key in ("preprocess", "postprocess"):
+        if isinstance(config.get(key), list):
+            specs += [(f"{key}[{index}]", spec) for index, spec in enumerate(config[key])]
+    if isinstance(config.get("stages"), dict):
+        specs += [(f"stages.{name}", spec) for name, spec in config["stages"].items()]
+    issues = []
+    for path, spec in specs:
+        if not isinstance(spec, dict):
+            continue
+        for key in ("pipeline", "call"):
+            if isinstance(spec.get(key), dict):
+                issues += check_load_gates(spec[key], f"{path}.{key}", model_path=f"{path}.model")
     return issues
 
 

@@ -58,10 +58,11 @@ class LoadAudio(Stage):
     The field may hold a path, an http(s) URL (fetched with `timeout` seconds and at most
     `max_bytes`), the bytes of a file, an undecoded `datasets` Audio value ({bytes, path}), a
     {array, sampling_rate} mapping, or raw samples (a list or array, taken to be at the target
-    rate already, as transformers' pipelines take them). Multichannel raw arrays are
-    channels-first, the `datasets` convention. The target rate is `sampling_rate` if set, else
-    that of the feature extractor of the model stage named by `rate_from`, so one config runs
-    with a 16 kHz wav2vec2 and with any other rate a model was trained at.
+    rate already, as transformers' pipelines take them); a file or bytes over `max_bytes` fail
+    unread. Multichannel raw arrays are channels-first, the `datasets` convention. The target
+    rate is `sampling_rate` if set, else that of the feature extractor of the model stage named
+    by `rate_from`, so one config runs with a 16 kHz wav2vec2 and with any other rate a model
+    was trained at.
     """
 
     # Thread-safe (soundfile and soxr hold no shared state): decoding runs in the prefetch thread,
@@ -166,7 +167,9 @@ class LoadAudio(Stage):
 
     def _bytes(self, value: Any) -> bytes:
         from composer.fetch import media_bytes
+        from composer.stages.vision import check_media_size
 
+        check_media_size(value, source=self.source, max_bytes=self.max_bytes)  # before a byte is read
         return media_bytes(value, source=self.source, timeout=self.timeout, max_bytes=self.max_bytes,
                            expected="a path, URL, bytes, samples or {array, sampling_rate}")
 

@@ -549,7 +549,11 @@ class PipelineStage(Stage):
         self.quantization_object = build_quantization(self.quantization)
         model_kwargs = dict(self.model_config["model_kwargs"] or {})
         if not self.model_config.get("allow_pickle"):
-            model_kwargs.setdefault("use_safetensors", True)  # transformers then refuses .bin weights
+            # transformers then refuses .bin weights. Set, not defaulted: the schema refuses
+            # model_kwargs.use_safetensors, and a config that skipped validation must not load
+            # pickle weights either while the manifest says allow_pickle: false.
+            model_kwargs["use_safetensors"] = True
+            model_kwargs.pop("weights_only", None)
         if self.quantization_object is not None:
             # pipeline() ignores a top-level quantization_config: it must travel in model_kwargs.
             model_kwargs["quantization_config"] = self.quantization_object

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from pathlib import Path
 from typing import Any, Literal
 
 from composer.records import Record
@@ -23,7 +24,8 @@ class LoadImage(Stage):
 
     `source: auto` reads http(s) URLs, `data:image/...;base64,` URIs, paths, bytes, {bytes, path}
     mappings and PIL images; `base64` reads bare base64 text (which cannot be told apart from a
-    path reliably). URLs are fetched with `timeout` seconds and at most `max_bytes`.
+    path reliably). URLs are fetched with `timeout` seconds and at most `max_bytes`; a local file or
+    bytes larger than `max_bytes` fail unread.
     `crop` ([left, top, right, bottom] in pixels of the oriented image) is applied before
     `resize` ([width, height]); `max_side` shrinks larger images keeping their aspect ratio.
     Images narrower or lower than `min_side` pixels fail: transformers' image processors guess
@@ -120,8 +122,33 @@ class LoadImage(Stage):
 
         if isinstance(value, str) and (self.source == "base64" or (self.source == "auto" and value.startswith("data:"))):
             return _base64_bytes(value)
+        check_media_size(value, source=self.source, max_bytes=self.max_bytes)
         return media_bytes(value, source=self.source, timeout=self.timeout, max_bytes=self.max_bytes,
                            expected="a path, URL, base64 text, bytes or an image")
+
+
+def check_media_size(value: Any, *, source: str, max_bytes: int) -> None:
+    """Refuse a local file (a path, or an undecoded `datasets` value naming one) or in-memory
+    bytes larger than `max_bytes` before reading it, as a URL fetch stops at the cap: a
+    multi-gigabyte file behind an innocent name fails as one record instead of filling memory."""
+    from composer.fetch import is_url
+
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) > max_bytes:
+            raise ValueError(f"{len(value)} bytes exceeds the cap of {max_bytes} (max_bytes)")
+        return
+    if isinstance(value, dict) and not value.get("bytes") and value.get("path"):
+        path = value["path"]
+    elif isinstance(value, str) and source != "url" and not is_url(value) and not value.startswith("data:"):
+        path = value
+    else:
+        return
+    try:
+        size = Path(path).expanduser().stat().st_size
+    except (OSError, ValueError):
+        return  # reading it reports what is wrong (no such file)
+    if size > max_bytes:
+        raise ValueError(f"{path}: {size} bytes exceeds the cap of {max_bytes} (max_bytes); the file was not read")
 
 
 def _base64_bytes(text: str) -> bytes:
