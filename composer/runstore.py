@@ -22,10 +22,8 @@ MANIFEST = "manifest.json"
 OUTPUTS = "outputs.jsonl"
 ERRORS = "errors.jsonl"
 METRICS = "metrics.json"
-_CHUNK = 1 << 16
-
-
 JOB_ERROR = "job_error.json"  # a sweep job that could not run (composer.sweep)
+_CHUNK = 1 << 16
 # Space held while a run writes its lines, given back before the closing metrics.json and
 # manifest.json: on a disk that fills up mid-run they still fit, and say `failed` and why.
 RESERVE = ".composer-reserve"
@@ -167,15 +165,18 @@ _BEFORE_MANIFEST = (".hydra", CONFIG, JOB_ERROR, MANIFEST + ".tmp", RESERVE)
 
 def check_run_folder(run_dir: Path) -> None:
     """Raise FolderRefused, before anything is written, when `run_dir` is not a folder composer
-    may put a run into: not a folder (a file, /dev/null), under a file, or a folder holding
-    files of another program (its own outputs.jsonl, which a run would append to). An empty or
-    new folder, and one of composer's own runs (to resume), pass."""
+    may put a run into: not a folder (a file, /dev/null), under a file, not writable, or a
+    folder holding files of another program (its own outputs.jsonl, which a run would append
+    to). An empty or new folder, and one of composer's own runs (to resume), pass."""
     if run_dir.exists() and not run_dir.is_dir():
         raise FolderRefused(f"{run_dir} is not a folder (a file or device is there); set hydra.run.dir to a folder")
-    if not run_dir.exists():
-        parent = next((p for p in run_dir.parents if p.exists()), None)
-        if parent is not None and not parent.is_dir():
-            raise FolderRefused(f"{run_dir} cannot be made: {parent} is not a folder; set hydra.run.dir to a folder")
+    nearest = run_dir if run_dir.exists() else next((p for p in run_dir.parents if p.exists()), None)
+    if nearest is not None and not nearest.is_dir():
+        raise FolderRefused(f"{run_dir} cannot be made: {nearest} is not a folder; set hydra.run.dir to a folder")
+    if nearest is not None and not os.access(nearest, os.W_OK | os.X_OK):
+        raise FolderRefused(f"cannot write into {nearest} (no permission, or a read-only filesystem); "
+                            "set hydra.run.dir to a folder you can write")
+    if nearest is not run_dir:
         return
     manifest = run_dir / MANIFEST
     if manifest.exists():

@@ -131,6 +131,33 @@ def test_a_run_folder_that_is_no_folder_is_one_clear_line_exit_2(where, data, tm
     assert (tmp_path / "a-file").read_text() == "not a folder"
 
 
+@pytest.fixture()
+def read_only_folder(tmp_path):
+    """A folder this process cannot write: by its mode, or (root writes anywhere) a read-only tmpfs."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if not os.access(folder, os.W_OK):
+        yield folder
+        folder.chmod(0o755)
+        return
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                                                         capture_output=True).returncode != 0:
+        pytest.skip("no way to make a folder this process cannot write")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_run_folder_that_cannot_be_written_is_one_clear_line_exit_2(read_only_folder, data, tmp_path):
+    for target in (read_only_folder, read_only_folder / "run"):
+        done = run_cli("run", *CONFIG, f"input.path={data}", f"hydra.run.dir={target}", cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert f"cannot write into {read_only_folder} (no permission, or a read-only filesystem)" in done.stderr
+
+
 def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(folder.rglob("*"))}
 
