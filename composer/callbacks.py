@@ -83,26 +83,28 @@ def hydra_issues(overrides: list[str], extra_dir: Path | None = None, multirun: 
     issues = []
     allow_any = bool(cfg.get("allow_any_target"))
 
-    def value(node: Any, key: Any) -> Any:
+    def written(node: DictConfig, key: str) -> str:
         try:
-            return node[key]
-        except Exception:  # noqa: BLE001 - an interpolation of a runtime value: check what is written
-            return OmegaConf.to_container(node, resolve=False)[key]
+            return str(node[key])
+        except Exception:  # noqa: BLE001 - an interpolation of a value Hydra sets at run time: what is written
+            return str(OmegaConf.to_container(node, resolve=False)[key])
 
     def walk(node: Any, path: str) -> None:
-        keys = node.keys() if isinstance(node, DictConfig) else range(len(node)) if isinstance(node, ListConfig) else ()
-        for key in keys:
-            where = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"
-            child = node._get_node(key) if isinstance(node, DictConfig) else node._get_node(key)
+        if isinstance(node, ListConfig):
+            for index in range(len(node)):
+                walk(node._get_node(index), f"{path}[{index}]")
+        if not isinstance(node, DictConfig):
+            return
+        logging_config = path.startswith(("hydra.job_logging", "hydra.hydra_logging"))
+        for key in node.keys():
+            where, child = f"{path}.{key}", node._get_node(key)
             if isinstance(child, (DictConfig, ListConfig)):
                 walk(child, where)
-                continue
-            if key == "_target_" and not allow_any and not str(value(node, key)).startswith(HYDRA_TARGET_PREFIXES):
-                issues.append(ConfigIssue(where, f"{value(node, key)!r} is not a class Hydra may instantiate for composer "
+            elif key == "_target_" and not allow_any and not written(node, key).startswith(HYDRA_TARGET_PREFIXES):
+                issues.append(ConfigIssue(where, f"{written(node, key)!r} is not a class Hydra may instantiate for composer "
                                                  f"(allowed: {', '.join(HYDRA_TARGET_PREFIXES)}); set allow_any_target=true to allow it"))
-            elif key in ("()", "class") and path.startswith(("hydra.job_logging", "hydra.hydra_logging")) \
-                    and not str(value(node, key)).startswith(LOGGING_CLASS_PREFIXES):
-                issues.append(ConfigIssue(where, f"{value(node, key)!r} is not a logging class "
+            elif key in ("()", "class") and logging_config and not written(node, key).startswith(LOGGING_CLASS_PREFIXES):
+                issues.append(ConfigIssue(where, f"{written(node, key)!r} is not a logging class "
                                                  f"(allowed: {', '.join(LOGGING_CLASS_PREFIXES)})"))
 
     walk(cfg.hydra, "hydra")

@@ -46,9 +46,9 @@ def release_reserve(folder: Path) -> None:
     (folder / RESERVE).unlink(missing_ok=True)
 
 
-class RunFolderError(Exception):
-    """The run folder cannot hold this run, or what it holds cannot be read; the message says
-    which file, where, and what to do."""
+class RunFolderError(ValueError):
+    """What a run folder holds cannot be read (a damaged line); the message says which file,
+    which line, and what to do."""
 
 
 class WriteFailed(OSError):
@@ -128,13 +128,14 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             try:
                 row = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise _damaged(path, number, f"is not valid JSON ({error})") from None
+                raise damaged_line(path, number, f"is not valid JSON ({error})") from None
             if not isinstance(row, dict) or "id" not in row:
-                raise _damaged(path, number, "is not a record (a JSON object with an id)")
+                raise damaged_line(path, number, "is not a record (a JSON object with an id)")
             yield row
 
 
-def _damaged(path: Path, number: int, what: str) -> RunFolderError:
+def damaged_line(path: Path, number: int, what: str) -> RunFolderError:
+    """The error for line `number` of a run folder's `path`, which `what` (e.g. "is not valid JSON")."""
     return RunFolderError(
         f"{path} line {number} {what}: the file was edited or damaged after composer wrote it. "
         f"Repair that line, or cut the file before it (head -n {number - 1}) so that the records from "

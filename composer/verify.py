@@ -50,13 +50,23 @@ class VerifyReport:
 
 
 def _lines(path: Path) -> list[tuple[str, str]]:
-    """(record id, line) of each line of a run folder's JSON Lines file, in file order."""
+    """(record id, line) of each line of a run folder's JSON Lines file, in file order; a line
+    that is no record raises runstore.RunFolderError naming it."""
     import json
 
     if not path.exists():
         return []
-    with path.open(encoding="utf-8") as handle:
-        return [(str(json.loads(line)["id"]), line) for line in handle if line.strip()]
+    lines = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+                lines.append((str(json.loads(line)["id"]), line))
+            except (ValueError, KeyError, TypeError) as error:
+                raise runstore.damaged_line(path, number, f"is not a record ({type(error).__name__}: {error})") from None
+    return lines
 
 
 def _keyed(lines: dict[str, list[tuple[str, str]]]) -> dict[tuple[str, str, int], str]:

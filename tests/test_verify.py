@@ -82,3 +82,14 @@ def test_swapped_lines_are_named_as_reordered(local_run, tmp_path):
     assert done.stdout.splitlines() == [
         f"reordered: outputs.jsonl line 1 holds id {third!r} where the re-run has id {first!r} (same lines, another order)"
     ]
+
+
+def test_a_damaged_line_is_named_not_a_traceback(local_run, tmp_path):
+    run_dir, _, _ = local_run
+    outputs = run_dir / "outputs.jsonl"
+    lines = outputs.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[1] = lines[1][:20] + "\n"
+    outputs.write_text("".join(lines), encoding="utf-8")
+    done = run_cli("verify", str(run_dir), cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"{outputs} line 2 is not a record (JSONDecodeError: " in done.stderr
