@@ -1,7 +1,5 @@
 """`python -m composer` is the `composer` command."""
 
-import sys
+from composer.cli import entry
 
-from composer.cli import main
-
-sys.exit(main())
+entry()

@@ -67,28 +67,41 @@ class RunResult:
 
 def compose(overrides: Sequence[str] = (), config_path: Path | None = None) -> dict[str, Any]:
     """The validated, resolved config for these overrides; raises ConfigError listing every issue."""
-    return _compose(overrides, config_path)[0]
+    return _checked(overrides, config_path)[0]
 
 
-def _compose(overrides: Sequence[str], config_path: Path | None) -> tuple[dict[str, Any], Any]:
+def _checked(overrides: Sequence[str], config_path: Path | None, deep: bool = False) -> tuple[dict[str, Any], Any, Graph]:
+    """Compose, validate and plan: (config, the OmegaConf config, the graph). Every phase runs
+    even when an earlier one found mistakes, so one ConfigError names all of them: a typo in
+    a key, a model that is nowhere to be found and a task parameter the pipeline would ignore."""
     composed = compose_config(list(overrides), config_path)
     issues = list(composed.issues)
     if composed.plain is not None:
         issues += validate(composed.plain)
+    # A key reported by composition (e.g. a required value) is not reported again by the schema.
+    first_per_path = {issue.path: issue for issue in reversed(issues)}
+    issues = [issue for issue in issues if first_per_path[issue.path] is issue]
+    graph = None
+    if composed.plain is not None:
+        try:
+            graph = plan_graph(composed.plain, deep=deep)
+        except ConfigError as error:
+            issues += [issue for issue in error.issues if issue not in issues]
+        except Exception:  # noqa: BLE001 - a config the schema faults (batch_size=0) may not plan; its issues say why
+            if not issues:
+                raise
     if issues:
-        # A key reported by composition (e.g. a required value) is not reported again by the schema.
-        first_per_path = {issue.path: issue for issue in reversed(issues)}
-        raise ConfigError([issue for issue in issues if first_per_path[issue.path] is issue])
-    return composed.plain, composed.cfg
+        raise ConfigError(issues)
+    return composed.plain, composed.cfg, graph
 
 
 def plan(overrides: Sequence[str] = (), deep: bool = False, config_path: Path | None = None) -> tuple[dict[str, Any], Graph]:
-    """Validate and build the stage graph without loading models; `deep` adds the checks that
-    import transformers (task parameters, quantization arguments, model availability)."""
-    config, _ = _compose(overrides, config_path)
-    graph = plan_graph(config)
+    """Validate and build the stage graph without loading models. Plain plan checks task
+    parameters and that each model can be found (no torch import); `deep` adds the checks
+    that import transformers (quantization arguments) and pins the model as a run does."""
     if deep:
-        deep_check(graph)
+        _quiet_library_noise()
+    config, _, graph = _checked(overrides, config_path, deep)
     return config, graph
 
 
@@ -99,17 +112,9 @@ def _quiet_library_noise() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def deep_check(graph: Graph) -> None:
-    """The checks that import transformers but load no weights; raises ConfigError."""
-    _quiet_library_noise()
-    issues = [issue for stage in graph.model_stages() for issue in stage.check()]
-    if issues:
-        raise ConfigError(issues)
-
-
 def run(overrides: Sequence[str] = (), run_dir: str | Path | None = None, config_path: Path | None = None) -> RunResult:
     """Compose, check and execute a run; the folder defaults to runs/<name>/<timestamp>."""
-    config, cfg = _compose(overrides, config_path)
+    config, cfg, _ = _checked(overrides, config_path)
     if run_dir is None:
         stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
         run_dir = Path(config["runs_root"]) / str(config["name"]) / stamp
@@ -250,6 +255,16 @@ def _attach_cache(graph: Graph, settings: dict[str, Any]) -> Any:
 
 
 def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) -> RunResult:
+    """Run a validated config into `run_dir` (see _execute_config), with the run's log: library
+    warnings once each on stderr, their counts in the manifest (`warnings`), and run.log in
+    the folder ending with the summary that the CLI prints."""
+    from composer.runlog import RunLog
+
+    with RunLog() as log:
+        return _execute_config(config, run_dir, overrides, log)
+
+
+def _execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str], log: Any) -> RunResult:
     """Run a validated config into `run_dir`, or continue the run already there.
 
     Config mistakes raise ConfigError, and a folder holding another config's run raises
@@ -259,10 +274,11 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
     """
     from composer.allocator import tune_malloc
     from composer.repro import seed_everything
+    from composer.summary import summary_lines
     from composer.runtime import set_run_threads, split_threads
 
-    graph = plan_graph(config, run_dir=str(run_dir))
-    deep_check(graph)
+    _quiet_library_noise()
+    graph = plan_graph(config, run_dir=str(run_dir), deep=True)
     cache = _attach_cache(graph, config["cache"])
     runstore.check_run_folder(run_dir)  # a file, or another program's folder: refused, nothing written
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -378,8 +394,10 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
         },
         peak_memory=_peak_memory(),
         error=error_info,
+        warnings=log.messages(),
     )
     runstore.write_json(run_dir / runstore.MANIFEST, manifest)
+    log.write(run_dir, summary_lines(run_dir))
     if (config.get("logger") or {}).get("type", "none") != "none":
         from composer.mlflow_logger import log_run
 

@@ -7,11 +7,13 @@ Nothing here imports torch or transformers at module level: `composer --help` an
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from composer.schema import ConfigError
+from composer.schema import ConfigError, ConfigIssue
 
 USAGE = """usage: composer <verb> [options] [overrides...]
 
@@ -25,7 +27,8 @@ verbs:
   report PATH... [--baseline RUN] [--out DIR]
                              summary.csv, report.md and report.html (with plots) over run and
                              sweep folders; `run -m` writes one into the sweep folder itself
-  cache info|clear [--path]  the result cache used by cache=on: its size, or empty it
+  cache info|clear [--path FILE]
+                             the result cache used by cache=on: its size, or empty it
   plan  [--deep] [overrides] validate and print the resolved config and the stage graph;
                              loads no model (--deep also checks task parameters, quantization
                              arguments and that the model can be found; imports transformers)
@@ -47,13 +50,43 @@ def _print_issues(error: ConfigError) -> None:
     print(f"composer: {error}", file=sys.stderr)
 
 
-def _hydra_overrides_and_config_dir(argv: Sequence[str]) -> tuple[list[str], Path | None, bool]:
-    """(overrides, --config-dir, whether to pre-check) from the arguments given to Hydra."""
+def _hydra_args(argv: Sequence[str]) -> Any:
+    """The arguments given to Hydra, parsed by Hydra's own parser."""
     from hydra._internal.utils import get_args_parser
 
-    args = get_args_parser().parse_args(list(argv))
-    special = args.multirun or args.cfg or args.info or args.help or args.hydra_help or args.shell_completion
-    return list(args.overrides), Path(args.config_dir) if args.config_dir else None, not special
+    return get_args_parser().parse_args(list(argv))
+
+
+def _sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The override list of each job of a multirun, in Hydra's order (its basic sweeper's
+    expansion); [overrides] when they cannot be expanded here (another sweeper's ranges)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
+    except HydraException:
+        return [[o for o in overrides if "," not in o.split("=", 1)[-1]]]
+
+
+def _precheck(overrides: list[str], extra_dir: Path | None, multirun: bool) -> ConfigError | None:
+    """Every mistake of every job, before the first job starts: a sweep with one bad
+    combination runs none. None when all jobs are sound."""
+    from composer import api
+
+    search = [f"hydra.searchpath=[file://{extra_dir.resolve()}]"] if extra_dir else []
+    jobs = _sweep_jobs(overrides) if multirun else [overrides]
+    issues = []
+    for number, job in enumerate(jobs):
+        try:
+            api.plan([*job, *search])
+        except ConfigError as error:
+            if not multirun:
+                return error
+            where = f"job {number} ({' '.join(job)})"
+            issues += [ConfigIssue(f"{where}: {issue.path}" if issue.path else where, issue.message) for issue in error.issues]
+    return ConfigError(issues) if issues else None
 
 
 def _hydra_job(cfg) -> float | None:
@@ -111,71 +144,35 @@ def _objective(plain, run_dir: Path | None) -> float | None:
     return objective_value(run_dir, objective) if run_dir is not None else float("nan")
 
 
-_SCORE_NAMES = {"macro_f1": "macro-F1", "exact_match": "exact match", "token_f1": "token F1", "wer": "WER", "cer": "CER"}
-
-
-def _per_class_table(per_class: dict | None) -> list[str]:
-    """The per-label results as a small table (metrics.json holds the same numbers)."""
-    if not per_class:
-        return []
-    width = max(5, *(len(str(label)) for label in per_class))
-    rows = [f"    {'label':<{width}}  precision  recall     f1  support"]
-    for label, scores in per_class.items():
-        rows.append(f"    {label:<{width}}  {scores['precision']:>9.3f}  {scores['recall']:>6.3f}  {scores['f1']:>5.3f}  {scores['support']:>7d}")
-    return rows
-
-
 def _report(result) -> None:
-    """A short end-of-run summary on stderr: where the folder is, counts, quality, speed."""
-    manifest, metrics = result.manifest(), result.metrics()
-    counts = manifest["counts"]
-    lines = [f"run {result.status}: {result.run_dir}"]
-    for name, stage in manifest.get("stages", {}).items():
-        note = (stage.get("model") or {}).get("note") if stage.get("kind") == "model" else None
-        if note:
-            lines.append(f"  note ({name}): {note}")
-        one_record_because = (stage.get("batching") or {}).get("one_record_because")
-        if one_record_because:
-            lines.append(f"  note ({name}): one record per batch: {one_record_because}")
-    lines.append(f"  records: {counts['records_ok']} ok, {counts['records_failed']} failed (errors.jsonl)")
-    for name, quality in metrics.get("quality", {}).items():
-        scores = ", ".join(f"{_SCORE_NAMES.get(key, key)} {value:.3f}" for key, value in quality.items()
-                           if isinstance(value, float))
-        lines.append(f"  {name}: {scores} on {quality['n']} labelled")
-        lines += _per_class_table(quality.get("per_class"))
-    rate = metrics["throughput"]["records_per_second"]
-    if rate:
-        lines.append(f"  throughput: {rate:.1f} records/s")
-    if manifest.get("error"):
-        lines.append(f"  error: {manifest['error']['type']}: {manifest['error']['message']}")
-    print("\n".join(lines), file=sys.stderr)
+    """The end-of-run summary on stdout (run.log in the folder ends with the same lines)."""
+    from composer.summary import summary_lines
+
+    print("\n".join(summary_lines(result.run_dir)), flush=True)
 
 
 def run_command(argv: Sequence[str]) -> int:
     import hydra
 
     from composer import api
-    from composer.configuration import config_dir, open_mapping_overrides
+    from composer.configuration import config_dir, open_mapping_overrides, with_default_experiment
 
-    overrides, extra_dir, precheck = _hydra_overrides_and_config_dir(argv)
-    if precheck:
-        search = [f"hydra.searchpath=[file://{extra_dir.resolve()}]"] if extra_dir else []
-        try:
-            api.plan([*overrides, *search])
-        except ConfigError as error:
+    args = _hydra_args(argv)
+    overrides = list(args.overrides)
+    if not (args.cfg or args.info or args.help or args.hydra_help or args.shell_completion):
+        error = _precheck(overrides, Path(args.config_dir) if args.config_dir else None, bool(args.multirun))
+        if error is not None:
             _print_issues(error)
             return api.EXIT_CONFIG
-    from hydra._internal.utils import get_args_parser
+        from composer.callbacks import hydra_issues  # Hydra's own targets and the run folder, before Hydra acts
 
-    from composer.callbacks import hydra_issues  # Hydra's own targets and the run folder, before Hydra acts
-
-    flags = get_args_parser().parse_args(list(argv))
-    if not (flags.cfg or flags.info or flags.help or flags.hydra_help or flags.shell_completion):
-        refused = hydra_issues(overrides, extra_dir, bool(flags.multirun))
+        refused = hydra_issues(overrides, Path(args.config_dir) if args.config_dir else None, bool(args.multirun))
         if refused:
             _print_issues(ConfigError(refused))
             return api.EXIT_CONFIG
-    rewritten = [a if a not in overrides else open_mapping_overrides([a])[0] for a in argv]
+    # Hydra composes what the checks composed: the demo experiment only for a bare run.
+    added = [o for o in with_default_experiment(overrides) if o not in overrides]
+    rewritten = [*added, *(a if a not in overrides else open_mapping_overrides([a])[0] for a in argv)]
     main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(_hydra_job)
     saved_argv = sys.argv
     sys.argv = [saved_argv[0], *rewritten]
@@ -206,11 +203,15 @@ def resume_command(argv: Sequence[str]) -> int:
 
 def verify_command(argv: Sequence[str]) -> int:
     from composer import api
+    from composer.runstore import MANIFEST
     from composer.verify import verify
 
     parser = argparse.ArgumentParser(prog="composer verify", description="re-execute a run from its folder and report drift")
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(list(argv))
+    if not (args.run_dir / MANIFEST).is_file():
+        print(f"composer: {args.run_dir} is not a run folder (it has no {MANIFEST}); name a folder under runs/", file=sys.stderr)
+        return api.EXIT_CONFIG
     try:
         report = verify(args.run_dir)
     except (ConfigError, FileNotFoundError, ValueError) as error:
@@ -231,7 +232,7 @@ def cache_command(argv: Sequence[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="composer cache", description="inspect or empty the result cache")
     parser.add_argument("action", choices=["info", "clear"])
-    parser.add_argument("--path", type=Path, help="cache file (default: $COMPOSER_CACHE_DIR/results.sqlite)")
+    parser.add_argument("--path", type=Path, metavar="FILE", help="cache file (default: $COMPOSER_CACHE_DIR/results.sqlite)")
     args = parser.parse_args(list(argv))
     cache = ResultCache(args.path)
     if args.action == "info":
@@ -267,6 +268,11 @@ def plan_command(argv: Sequence[str]) -> int:
     for node in nodes:
         print(f"{node['name']:<{width['name']}}  {node['kind']:<{width['kind']}}  {node['type']:<{width['type']}}  "
               f"<- {node['inputs']:<{width['inputs']}}  reads [{', '.join(node['reads'])}] writes [{', '.join(node['writes'])}]")
+    print("# checked" + (" (--deep)" if args.deep else " (--deep also checks quantization and pins the model's content)"))
+    print("config keys and values against the schema; stage fields, inputs and edges")
+    for stage in graph.model_stages():
+        for line in stage.checked:
+            print(f"{stage.name}: {line}")
     return api.EXIT_OK
 
 
@@ -294,6 +300,38 @@ def models_command(argv: Sequence[str]) -> int:
     return 0
 
 
+_exit_status = [0]
+
+
+def _exit_now() -> None:
+    """The last exit handler: once every other one (logging, MLflow, launchers) has run, leave
+    without the interpreter's teardown, which spent ~2 s after each run unloading torch and
+    transformers. Every file composer writes is closed by then; stdio is flushed here."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(_exit_status[0])
+
+
+def entry() -> None:
+    """The `composer` command (and `python -m composer`): main() as a process. In-process
+    callers (tests, notebooks) use main(), which returns and leaves the interpreter alone."""
+    import atexit
+
+    if "coverage" not in sys.modules:  # coverage writes its data at exit, in a handler registered before this one
+        atexit.register(_exit_now)  # registered first, so it runs after every handler added later
+    try:
+        status = main()
+    except SystemExit as stop:  # argparse's usage errors
+        status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+    _exit_status[0] = status
+    sys.exit(status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -312,4 +350,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if verb not in commands:
         print(f"composer: unknown verb {verb!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    return commands[verb](rest)
+    try:
+        return commands[verb](rest)
+    except KeyboardInterrupt:
+        print("composer: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - one clear line; the traceback on request
+        if os.environ.get("COMPOSER_DEBUG"):
+            raise
+        where = f": {error.filename}" if isinstance(error, OSError) and error.filename else ""
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        print(f"composer: {verb} failed: {type(error).__name__}: {reason}{where} (COMPOSER_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 4

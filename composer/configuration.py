@@ -21,6 +21,11 @@ CONFIG_NAME = "config"
 # Mappings that are open by design: their keys are the task's or a backend's own parameters, so
 # `pipeline.top_k=3` must work without Hydra's `+` prefix (which users would otherwise need).
 OPEN_MAPPINGS = ("pipeline.", "call.", "model.model_kwargs.", "quantization.params.", "stages.")
+# The default experiment (support-tickets, the demo job) applies only to a bare `composer run`:
+# an override of one of these keys says the user is building a job of their own, which then
+# starts from `experiment=base` instead of inheriting the demo's input and embedding stages.
+JOB_DEFINING_KEYS = ("task", "model", "model.id", "input", "input.path", "input.records", "model_input",
+                     "preprocess", "postprocess", "stages")
 _NOT_IN_STRUCT = re.compile(r"Could not override '([^']+)'")
 _MISSING_CONFIG = re.compile(r"Could not find '([^']+)/([^']+)'")
 
@@ -49,6 +54,15 @@ def open_mapping_overrides(overrides: list[str]) -> list[str]:
             override = "++" + override
         rewritten.append(override)
     return rewritten
+
+
+def with_default_experiment(overrides: list[str]) -> list[str]:
+    """`overrides`, plus `experiment=base` when they define a job of their own (a task, model,
+    input or stages) without naming an experiment; otherwise unchanged (the demo job runs)."""
+    keys = {_override_key(override) for override in overrides}
+    if "experiment" in keys or not any(key in JOB_DEFINING_KEYS or key.startswith("stages.") for key in keys):
+        return list(overrides)
+    return ["experiment=base", *overrides]
 
 
 @dataclass
@@ -108,7 +122,7 @@ def compose_config(overrides: list[str], config_path: Path | None = None) -> Com
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 
     config_path = config_path or config_dir()
-    pending = open_mapping_overrides(list(overrides))
+    pending = open_mapping_overrides(with_default_experiment(list(overrides)))
     issues: list[ConfigIssue] = []
     for _ in range(len(pending) + 1):
         try:

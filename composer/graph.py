@@ -190,8 +190,10 @@ def _unique(name: str, taken: set[str]) -> str:
     raise AssertionError("unreachable")
 
 
-def plan(config: dict, run_dir: str | None = None) -> Graph:
-    """Build and check the graph of a validated config; raise ConfigError with every issue."""
+def plan(config: dict, run_dir: str | None = None, deep: bool = False) -> Graph:
+    """Build and check the graph of a config; raise ConfigError with every issue, the model
+    stages' own checks (ModelStage.check; `deep` for the ones that import transformers) among
+    them, so one message names every mistake."""
     from composer.tasks import task_table
 
     issues: list[ConfigIssue] = []
@@ -253,6 +255,7 @@ def plan(config: dict, run_dir: str | None = None) -> Graph:
     issues += _check_workers(config.get("workers", "auto"), nodes)
     by_name = {node.stage.name: node.stage for node in nodes}
     issues += [ConfigIssue(f"{node.path}.{i.path}", i.message) for node in nodes for i in node.stage.bind(by_name)]
+    issues += [issue for node in nodes if node.stage.kind == "model" for issue in node.stage.check(deep)]
     if issues:
         raise ConfigError(issues)
     ordered = _topological(nodes)

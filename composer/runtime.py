@@ -62,16 +62,21 @@ def _cached_snapshot(model_id: str, revision: str | None) -> str | None:
 
 def default_model(task: str) -> tuple[str, str | None]:
     """transformers' default model (id, revision) for a task, as `pipeline(task)` would pick."""
-    from transformers.pipelines import SUPPORTED_TASKS, TASK_ALIASES
+    from composer.tasks import task_table
 
-    default = SUPPORTED_TASKS[TASK_ALIASES.get(task, task)].get("default", {}).get("model")
-    if not default:
+    table = task_table()
+    info = table.tasks.get(table.canonical(task) or task)
+    if info is None or info.default_model is None:
         raise ModelUnavailable(f"transformers has no default model for task {task!r}: set model.id")
-    return default if isinstance(default, tuple) else (default, None)
+    return info.default_model
 
 
-def resolve_model(model_id: str | None, revision: str | None, task: str, fallback: str | None = None) -> ResolvedModel:
+def resolve_model(model_id: str | None, revision: str | None, task: str, fallback: str | None = None,
+                  fingerprint: bool = True) -> ResolvedModel:
     """Find the model without loading it; raise ModelUnavailable with a message for the user.
+
+    `fingerprint=False` only finds it (what `composer plan` checks): a local folder's content
+    is not hashed and a tiny test model is not built, so `content_sha256` stays None.
 
     With `fallback` (a model id, e.g. `tiny:feature-extraction`), a model that cannot be found
     resolves to the fallback instead, with a note that says so and why. A provisioned copy that
@@ -81,11 +86,11 @@ def resolve_model(model_id: str | None, revision: str | None, task: str, fallbac
         from composer.provision import ModelVerificationFailed
 
         try:
-            return resolve_model(model_id, revision, task)
+            return resolve_model(model_id, revision, task, fingerprint=fingerprint)
         except ModelVerificationFailed:
             raise
         except ModelUnavailable as error:
-            resolved = resolve_model(fallback, None, task)
+            resolved = resolve_model(fallback, None, task, fingerprint=fingerprint)
             hint = _provision_hint(model_id)
             reason = str(error) if not hint or hint in str(error) else f"{error}; {hint}"
             wanted = model_id or "the task's default model"
@@ -97,14 +102,20 @@ def resolve_model(model_id: str | None, revision: str | None, task: str, fallbac
         model_id, default_revision = default_model(task)
         revision = revision or default_revision
     if model_id.startswith(TINY_PREFIX):
-        from composer.testing import tiny_model_path
+        from composer.testing import tiny_models
 
-        path = tiny_model_path(model_id[len(TINY_PREFIX):])
+        name = model_id[len(TINY_PREFIX):]
+        if name not in tiny_models.TINY_MODELS:
+            raise ModelUnavailable(f"model.id {model_id!r}: no such tiny test model (known: "
+                                   + ", ".join(TINY_PREFIX + known for known in sorted(tiny_models.TINY_MODELS)) + ")")
         note = "OFFLINE TEST MODEL: tiny, randomly initialised, built locally; predictions are noise"
+        if not fingerprint:
+            return ResolvedModel(requested, "tiny", str(tiny_models.tiny_model_folder(name)), None, None, note)
+        path = tiny_models.tiny_model_path(name)
         return ResolvedModel(requested, "tiny", str(path), None, sha256_tree(path), note)
     local = Path(model_id).expanduser()
     if local.is_dir():
-        return ResolvedModel(requested, "local", str(local.resolve()), None, sha256_tree(local))
+        return ResolvedModel(requested, "local", str(local.resolve()), None, sha256_tree(local) if fingerprint else None)
     if local.exists() or _looks_like_path(model_id):
         raise ModelUnavailable(f"model.id {model_id!r}: no such local directory (a model folder saved with save_pretrained)")
     return _resolve_hub(requested, model_id, revision)

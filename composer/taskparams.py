@@ -1,12 +1,14 @@
-"""Which task parameters a transformers pipeline really accepts.
+"""Which task parameters a transformers pipeline really accepts, known without importing it.
 
 `pipeline()` and `Pipeline.__call__` pass keyword arguments to `_sanitize_parameters`, which
 silently drops the ones it does not know: `call.topk=3` would run and be ignored. This module
-works out the accepted names from the pipeline class without loading a model:
+works out the accepted names from the pipeline class's source, read as a syntax tree (as
+`composer.tasks` reads the task table), so that plain `composer plan` catches a bad `call.` or
+`pipeline.` key in well under a second and without importing torch:
 
-- the named parameters of `_sanitize_parameters` (and of `__call__`);
+- the named parameters of `_sanitize_parameters` (and of `__call__`), inherited ones included;
 - keys the method reads out of its `**kwargs` (`kwargs["candidate_labels"]`, `"x" in kwargs`,
-  `kwargs.get("x")`), found in its syntax tree;
+  `kwargs.get("x")`);
 - where `**kwargs` is forwarded whole: to `generate()` (every GenerationConfig field and
   generate() argument) or to the tokenizer (its `__call__` arguments). A var-keyword forwarded
   elsewhere cannot be checked; those tasks accept any name and say so (`open_kwargs`).
@@ -16,13 +18,11 @@ from __future__ import annotations
 
 import ast
 import functools
-import importlib
-import inspect
-import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 
 from composer.schema import ConfigIssue, did_you_mean
-from composer.tasks import task_table
+from composer.tasks import task_table, transformers_root
 
 # Arguments of pipeline() itself that are not model settings (those live under `model.`).
 FACTORY_PARAMS = frozenset({"use_fast", "token", "feature_extractor", "image_processor", "processor", "config"})
@@ -49,18 +49,73 @@ class AcceptedParams:
     open_kwargs: bool  # a **kwargs we could not follow: any name passes
 
 
-def pipeline_class(task: str) -> type:
-    impl = task_table().tasks[task_table().canonical(task)].impl
-    module, _, name = impl.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+@functools.lru_cache(maxsize=None)
+def _module_tree(module: str) -> ast.Module:
+    """The syntax tree of a transformers module (`transformers.pipelines.base`), unimported."""
+    parts = module.split(".")[1:]
+    path = transformers_root().joinpath(*parts)
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    return ast.parse(path.read_text(encoding="utf-8"))
 
 
-def _keys_read_from(function: object, kwargs_name: str) -> tuple[set[str], bool]:
+def _absolute(module: str, node: ast.ImportFrom) -> str:
+    """The dotted module an import inside `module` (itself a file, not a package) names."""
+    if not node.level:
+        return node.module or ""
+    base = module.split(".")[: -node.level]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _find_class(module: str, name: str) -> tuple[str, ast.ClassDef]:
+    """The definition of class `name` as seen from `module`, following `from x import name`."""
+    tree = _module_tree(module)
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return module, node
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and any((alias.asname or alias.name) == name for alias in node.names):
+            original = next(alias.name for alias in node.names if (alias.asname or alias.name) == name)
+            return _find_class(_absolute(module, node), original)
+    raise LookupError(f"class {name} not found from {module}")
+
+
+def _find_method(module: str, cls: ast.ClassDef, method: str) -> ast.FunctionDef | None:
+    """The method as Python finds it: the class's own last definition (overloads come first),
+    else the first base (depth first) that defines it."""
+    own = [node for node in cls.body if isinstance(node, ast.FunctionDef) and node.name == method]
+    if own:
+        return own[-1]
+    for base in cls.bases:
+        if isinstance(base, ast.Name):
+            try:
+                found = _find_method(*_find_class(module, base.id), method)
+            except LookupError:
+                continue
+            if found is not None:
+                return found
+    return None
+
+
+def _method(dotted_class: str, method: str) -> ast.FunctionDef:
+    module, _, name = dotted_class.rpartition(".")
+    found = _find_method(*_find_class(module, name), method)
+    if found is None:
+        raise LookupError(f"{dotted_class}.{method} not found")
+    return found
+
+
+def _parameters(function: ast.FunctionDef) -> tuple[list[str], str | None]:
+    """(named parameters in order, the **kwargs name) of a function definition."""
+    arguments = function.args
+    named = [a.arg for a in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]]
+    return named, arguments.kwarg.arg if arguments.kwarg else None
+
+
+def _keys_read_from(function: ast.FunctionDef, kwargs_name: str) -> tuple[set[str], bool]:
     """Keys read out of `kwargs_name` inside `function`, and whether it is also used whole."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
     keys: set[str] = set()
     keyed_uses: set[int] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(function):
         if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == kwargs_name:
             if isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str):
                 keys.add(node.slice.value)
@@ -83,7 +138,7 @@ def _keys_read_from(function: object, kwargs_name: str) -> tuple[set[str], bool]
             keyed_uses.add(id(node.func.value))
     whole = any(
         isinstance(node, ast.Name) and node.id == kwargs_name and id(node) not in keyed_uses
-        for node in ast.walk(tree)
+        for node in ast.walk(function)
         if not isinstance(getattr(node, "ctx", None), ast.Store)
     )
     return keys, whole
@@ -91,46 +146,49 @@ def _keys_read_from(function: object, kwargs_name: str) -> tuple[set[str], bool]
 
 @functools.lru_cache(maxsize=1)
 def _generate_params() -> frozenset[str]:
-    from transformers import GenerationConfig
-    from transformers.generation.utils import GenerationMixin
-
-    names = set(GenerationConfig().to_dict())
-    names |= set(inspect.signature(GenerationMixin.generate).parameters) - {"self", "kwargs", "inputs"}
-    return frozenset(names)
+    """GenerationConfig's fields (what its __init__ takes from **kwargs or sets on self) and
+    generate()'s own arguments."""
+    init = _method("transformers.generation.configuration_utils.GenerationConfig", "__init__")
+    _, kwargs_name = _parameters(init)
+    names = _keys_read_from(init, kwargs_name)[0] if kwargs_name else set()
+    names |= {
+        target.attr
+        for node in ast.walk(init) if isinstance(node, (ast.Assign, ast.AnnAssign))
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"
+        and not target.attr.startswith("_")
+    }
+    generate, _ = _parameters(_method("transformers.generation.utils.GenerationMixin", "generate"))
+    return frozenset(names | (set(generate) - {"self", "kwargs", "inputs"}))
 
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer_params() -> frozenset[str]:
-    from transformers import PreTrainedTokenizerBase
-
-    return frozenset(inspect.signature(PreTrainedTokenizerBase.__call__).parameters) - {"self", "kwargs", "text"}
+    named, _ = _parameters(_method("transformers.tokenization_utils_base.PreTrainedTokenizerBase", "__call__"))
+    return frozenset(named) - {"self", "kwargs", "text"}
 
 
 @functools.lru_cache(maxsize=None)
 def accepted_params(task: str) -> AcceptedParams:
     """Every parameter name the task's pipeline uses, at build time or call time."""
-    cls = pipeline_class(task)
-    names: set[str] = set()
+    impl = task_table().tasks[task_table().canonical(task)].impl
+    sanitize = _method(impl, "_sanitize_parameters")
+    named, kwargs_name = _parameters(sanitize)
+    names = set(named) - {"self"}
     open_kwargs = False
-    sanitize = cls._sanitize_parameters
-    for parameter in inspect.signature(sanitize).parameters.values():
-        if parameter.name == "self":
-            continue
-        if parameter.kind is not inspect.Parameter.VAR_KEYWORD:
-            names.add(parameter.name)
-            continue
-        read, whole = _keys_read_from(sanitize, parameter.name)
+    if kwargs_name:
+        read, whole = _keys_read_from(sanitize, kwargs_name)
         names |= read
         if whole:
-            if "generate" in parameter.name:
+            if "generate" in kwargs_name:
                 names |= _generate_params()
-            elif "tokenizer" in parameter.name:
+            elif "tokenizer" in kwargs_name:
                 names |= _tokenizer_params()
             else:
                 open_kwargs = True
-    call_skip = {"self", "args", "kwargs", "inputs"}
-    positional = [p for p in inspect.signature(cls.__call__).parameters.values() if p.name not in call_skip]
-    names |= {p.name for p in positional[1:] if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    call, _ = _parameters(_method(impl, "__call__"))
+    positional = [name for name in call if name not in {"self", "args", "kwargs", "inputs"}]
+    names |= set(positional[1:])
     return AcceptedParams(frozenset(names), open_kwargs)
 
 

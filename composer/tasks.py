@@ -35,6 +35,7 @@ class TaskInfo:
     name: str
     impl: str  # dotted path of the pipeline class
     modality: str  # text, image, audio, multimodal, video
+    default_model: tuple[str, str | None] | None = None  # (id, revision) that pipeline(task) loads
 
 
 @dataclass(frozen=True)
@@ -51,21 +52,34 @@ class TaskTable:
         return sorted([*self.tasks, *self.aliases])
 
 
-def _pipelines_init() -> Path:
+@functools.lru_cache(maxsize=1)
+def transformers_root() -> Path:
+    """The folder of the installed transformers package, found without importing it."""
     spec = importlib.util.find_spec("transformers")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("transformers is not installed; install pipeline-composer's dependencies")
-    return Path(next(iter(spec.submodule_search_locations))) / "pipelines" / "__init__.py"
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _literal_dict(node: ast.Dict) -> dict[str, ast.expr]:
     return {ast.literal_eval(k): v for k, v in zip(node.keys, node.values) if k is not None}
 
 
+def _default_model(node: ast.expr | None) -> tuple[str, str | None] | None:
+    """The `default: {"model": (id, revision)}` entry of a task, where it is a literal."""
+    try:
+        model = ast.literal_eval(node).get("model") if node is not None else None
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(model, str):
+        return model, None
+    return (model[0], model[1]) if isinstance(model, tuple) and len(model) == 2 else None
+
+
 @functools.lru_cache(maxsize=1)
 def task_table() -> TaskTable:
     """Parse SUPPORTED_TASKS and TASK_ALIASES from the installed transformers."""
-    tree = ast.parse(_pipelines_init().read_text(encoding="utf-8"))
+    tree = ast.parse((transformers_root() / "pipelines" / "__init__.py").read_text(encoding="utf-8"))
     found: dict[str, ast.Dict] = {}
     for node in tree.body:
         target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
@@ -82,6 +96,7 @@ def task_table() -> TaskTable:
             name=name,
             impl=ast.literal_eval(impl) if isinstance(impl, ast.Constant) else "",
             modality=ast.literal_eval(modality) if isinstance(modality, ast.Constant) else "",
+            default_model=_default_model(fields.get("default")),
         )
     aliases = {k: ast.literal_eval(v) for k, v in _literal_dict(found["TASK_ALIASES"]).items()}
     return TaskTable(tasks=tasks, aliases=aliases)

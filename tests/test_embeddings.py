@@ -97,9 +97,9 @@ def test_the_default_job_routes_the_shipped_tickets(minilm, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     quality = metrics["quality"]["model"]
     assert quality["n"] == 42 and quality["accuracy"] >= 0.85, quality
-    assert f"model: accuracy {quality['accuracy']:.3f}" in done.stderr
-    assert "label      precision  recall     f1  support" in done.stderr  # the results table
-    assert "FALLBACK" not in done.stderr and "verified local copy of sentence-transformers/all-MiniLM-L6-v2" in done.stderr
+    assert f"model: accuracy {quality['accuracy']:.3f}" in done.stdout
+    assert "label      precision  recall     f1  support" in done.stdout  # the results table
+    assert "FALLBACK" not in done.stdout and "verified local copy of sentence-transformers/all-MiniLM-L6-v2" in done.stdout
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     model = manifest["stages"]["model"]["model"]
@@ -161,8 +161,8 @@ def test_without_the_real_model_the_default_job_falls_back_with_a_notice(tmp_pat
     monkeypatch.setenv(provision.MODELS_ENV_VAR, str(tmp_path / "no-models"))
     done = run_cli("run", "input.limit=6", "threads=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert f"FALLBACK: ran tiny:feature-extraction instead of {MINILM_ID}, which is not available" in done.stderr
-    assert "composer models fetch minilm" in done.stderr and "predictions are noise" in done.stderr
+    assert f"FALLBACK: ran tiny:feature-extraction instead of {MINILM_ID}, which is not available" in done.stdout
+    assert "composer models fetch minilm" in done.stdout and "predictions are noise" in done.stdout
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["stages"]["model"]["model"]["source"] == "tiny"
     assert manifest["stages"]["embedding_classify"]["encoder"]["model"]["source"] == "tiny"
@@ -304,9 +304,10 @@ def test_mean_pool_checks_shapes_and_its_task():
         MeanPool("pool", task="text-classification")
 
 
-def test_overriding_the_task_of_the_default_job_is_a_plan_time_error():
+def test_overriding_the_task_of_the_support_tickets_job_is_a_plan_time_error():
+    # Named: a bare task= override would start from experiment=base instead (README, "Using it").
     with pytest.raises(ConfigError) as caught:
-        api.plan(["task=text-classification", "model=tiny-text-classification"])
+        api.plan(["experiment=support-tickets", "task=text-classification", "model=tiny-text-classification"])
     assert str(caught.value.issues[0]).startswith(
         "postprocess[0]: mean_pool pools feature-extraction output, but the task is 'text-classification'"
     )

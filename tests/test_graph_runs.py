@@ -57,7 +57,7 @@ def test_on_error_fail_stops_with_exit_3_and_keeps_finished_batches(tmp_path):
     texts = ["Hello [MASK].", "A [MASK] b.", "no mask", "Last [MASK]."]
     done = run_cli("run", *FILL, _records(texts), "batch_size=2", "on_error=fail", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert done.returncode == 3, done.stderr
-    assert "Traceback" not in done.stderr and "on_error=fail" in done.stderr
+    assert "Traceback" not in done.stderr and "on_error=fail" in done.stdout
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "aborted" and manifest["exit_code"] == 3
     assert [o["text"] for o in read_jsonl(tmp_path / "run" / "outputs.jsonl")] == texts[:2]
@@ -77,7 +77,7 @@ def test_a_model_that_fails_to_load_is_reported_not_raised(tmp_path):
     (broken / "config.json").write_text("{not json")
     done = run_cli("run", "experiment=tiny-sentiment", f"model.id={broken}", "threads=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert done.returncode == 4
-    assert "Traceback" not in done.stderr and "run failed" in done.stderr
+    assert "Traceback" not in done.stderr and "run failed" in done.stdout
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["error"]["traceback"]
 

@@ -134,3 +134,30 @@ def test_mlflow_logger_writes_params_metrics_tags_and_artifacts(tmp_path):
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {"manifest.json", "metrics.json", "outputs.jsonl", "config.yaml"} <= artifacts
     assert (tmp_path / "mlruns").is_dir()  # artifacts beside the database, not in the working directory
+
+
+def test_classification_scores_equal_scikit_learns():
+    """composer computes accuracy, macro-F1 and per-label scores itself (importing sklearn cost
+    every labelled run over a second); they must equal sklearn.metrics' on any labelling,
+    including labels never predicted, predictions of labels never seen, and one label alone."""
+    import random
+
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    from composer.metrics import QualityAccumulator
+
+    rng = random.Random(0)
+    for _ in range(300):
+        labels = [f"L{i}" for i in range(rng.randint(1, 5))]
+        size = rng.randint(1, 30)
+        quality = QualityAccumulator("prediction")
+        quality.gold = [rng.choice(labels) for _ in range(size)]
+        quality.predicted = [rng.choice([*labels, "None"]) for _ in range(size)]
+        result = quality.result()
+        every = sorted(set(quality.gold) | set(quality.predicted))
+        precision, recall, f1, support = precision_recall_fscore_support(quality.gold, quality.predicted, labels=every, zero_division=0)
+        assert result["accuracy"] == pytest.approx(accuracy_score(quality.gold, quality.predicted), abs=1e-12)
+        macro = f1_score(quality.gold, quality.predicted, labels=sorted(set(quality.gold)), average="macro", zero_division=0)
+        assert result["macro_f1"] == pytest.approx(macro, abs=1e-12)
+        for label, p, r, f, s in zip(every, precision, recall, f1, support):
+            assert result["per_class"][label] == pytest.approx({"precision": p, "recall": r, "f1": f, "support": s}, abs=1e-12)

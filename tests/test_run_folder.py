@@ -41,7 +41,7 @@ def demo_run(tmp_path_factory) -> Path:
     composer = Path(sys.executable).parent / "composer"
     done = subprocess.run([str(composer), "run", *TINY_DEMO, "hydra.run.dir=out"], cwd=work, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "OFFLINE TEST MODEL" in done.stderr  # the demo says its model is a tiny random one
+    assert "OFFLINE TEST MODEL" in done.stdout  # the demo says its model is a tiny random one
     return work / "out"
 
 
@@ -179,7 +179,7 @@ def test_a_finished_run_folder_is_kept_and_another_config_refused(tmp_path):
     api.run(["threads=1", "input.limit=1"], run_dir=tmp_path / "run")
     before = (tmp_path / "run" / "outputs.jsonl").read_bytes()
     again = run_cli("run", "threads=1", "input.limit=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert again.returncode == 0 and "run complete" in again.stderr
+    assert again.returncode == 0 and "run complete" in again.stdout
     other = run_cli("run", "threads=1", "input.limit=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert other.returncode == 2
     assert "holds a run with another config, so it cannot be continued:\n  - input.limit: 1 -> 2" in other.stderr

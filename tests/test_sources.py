@@ -271,8 +271,8 @@ def test_cli_bad_input_exits_1_with_completed_with_errors(tmp_path):
     run_dir = tmp_path / "cli-run"
     done = run_cli("run", *BASE, "input=jsonl", f"input.path={data}", "input.id_field=uid", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert done.returncode == 1, done.stderr
-    assert f"run completed_with_errors: {run_dir}" in done.stderr
-    assert "records: 3 ok, 4 failed (errors.jsonl)" in done.stderr
+    assert f"run completed_with_errors: {run_dir}" in done.stdout
+    assert "records: 3 ok, 4 failed (errors.jsonl)" in done.stdout
     assert [o["id"] for o in read_jsonl(run_dir / "outputs.jsonl")] == ["a", "d", "f"]
     _check_bad_input_errors(read_jsonl(run_dir / "errors.jsonl"))
     manifest = json.loads((run_dir / "manifest.json").read_text())

@@ -246,33 +246,34 @@ def _broken_model(tmp: Path) -> Path:
 
 
 def test_failing_jobs_do_not_stop_a_joblib_sweep(tmp_path):
-    """Two workers; one job fails at model load, one has a config mistake: both are recorded in
-    their folders and the summary, the good job's folder is complete, and the exit code says so."""
+    """Two workers; two jobs fail at model load: both are recorded in their folders and the
+    summary, the good jobs' folders are complete, and the exit code says so. A config mistake
+    in one combination (batch_size=0) refuses the whole sweep before any job starts."""
     broken = _broken_model(tmp_path)
+    refused = run_cli("run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *BASE, *_labelled(tmp_path),
+                      f"model.id=tiny:text-classification,{broken}", "batch_size=2,0", "hydra.sweep.dir=refused", cwd=tmp_path)
+    assert refused.returncode == 2 and "batch_size must be >= 1, got 0" in refused.stderr, refused.stderr
+    assert not (tmp_path / "refused").exists()
     done = run_cli("run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *BASE, *_labelled(tmp_path),
-                   f"model.id=tiny:text-classification,{broken}", "batch_size=2,0", "hydra.sweep.dir=sweep", cwd=tmp_path)
+                   f"model.id=tiny:text-classification,{broken}", "batch_size=2,1", "hydra.sweep.dir=sweep", cwd=tmp_path)
     sweep = tmp_path / "sweep"
     assert done.returncode == 4, done.stderr  # the worst job: failed
-    assert "Joblib.Parallel" in done.stdout + done.stderr  # Hydra logs the launcher on stdout
+    assert "Joblib.Parallel" in done.stdout + done.stderr  # Hydra logs the launcher
     rows = {row["run"]: row for row in _summary(sweep / "summary.csv")}
     assert {k: (r["model.id"], r["batch_size"], r["status"], r["exit_code"]) for k, r in rows.items()} == {
         "0": ("tiny:text-classification", "2", "complete", "0"),
-        "1": ("tiny:text-classification", "0", "config_error", "2"),
+        "1": ("tiny:text-classification", "1", "complete", "0"),
         "2": (str(broken), "2", "failed", "4"),
-        "3": (str(broken), "0", "config_error", "2"),
+        "3": (str(broken), "1", "failed", "4"),
     }
     assert rows["0"]["error"] == "" and rows["0"]["quality.model.accuracy"] != ""
-    assert "batch_size must be >= 1, got 0" in rows["1"]["error"]
     assert rows["2"]["error"].startswith("SafetensorError")
     good = read_jsonl(sweep / "0" / "outputs.jsonl")
     assert [row["id"] for row in good] == [row["uid"] for row in ROWS]
     failed = json.loads((sweep / "2" / "manifest.json").read_text())
     assert failed["status"] == "failed" and failed["exit_code"] == 4 and "traceback" in failed["error"]
-    config_error = json.loads((sweep / "1" / "job_error.json").read_text())
-    assert config_error["status"] == "config_error" and "batch_size=0" in config_error["overrides"]
-    assert not (sweep / "1" / "manifest.json").exists()
     markdown = (sweep / "report.md").read_text()
-    assert "3 of 4 runs did not complete cleanly" in markdown
+    assert "2 of 4 runs did not complete cleanly" in markdown
 
 
 def test_submitit_local_launcher(tmp_path):

@@ -363,7 +363,7 @@ def test_cli_run_with_pre_and_postprocess_from_an_experiment(tmp_path, classify)
         "call.top_k=2", f"hydra.run.dir={run_dir}", *overrides, cwd=tmp_path,
     )
     assert done.returncode == 1, done.stderr
-    assert "records: 4 ok, 1 failed (errors.jsonl)" in done.stderr
+    assert "records: 4 ok, 1 failed (errors.jsonl)" in done.stdout
     [error] = read_jsonl(run_dir / "errors.jsonl")
     assert (error["id"], error["stage"], error["error_type"]) == ("r2", "normalize", "TypeError")
     outputs = read_jsonl(run_dir / "outputs.jsonl")

@@ -450,7 +450,7 @@ def test_inputs_the_pipeline_cannot_batch_fall_back_to_one_record_per_batch(tmp_
     batching = manifest["stages"]["model"]["batching"]
     assert (batching["requested_batch_size"], batching["batch_size"]) == (2, 1)
     assert batching["one_record_because"].startswith("batches of 2 failed (RuntimeError: ")
-    assert "one record per batch: batches of 2 failed" in done.stderr
+    assert "one record per batch: batches of 2 failed" in done.stdout
     # [0, 1] and [2, 3] failed and ran alone (the second failure makes it a pattern); 4, 5 and 6
     # then ran one per batch (not [4, 5], [6]).
     assert manifest["counts"] == {"records_in": 7, "records_ok": 7, "records_failed": 0, "batches": 5}

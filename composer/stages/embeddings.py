@@ -319,6 +319,8 @@ class NearDuplicates(Stage):
         self.ids: list[str] = []
         self.groups: list[str] = []
         self.vectors: Any = None  # rows 0..len(ids)-1 are the kept records; capacity doubles
+        self.duplicates: list[dict[str, Any]] = []  # {id, duplicate_of, score} of each record that repeats one
+        self.duplicate_groups: set[str] = set()
 
     # A record's group depends on every record before it, and a resumed run starts mid-input.
     restores_state = True
@@ -332,9 +334,9 @@ class NearDuplicates(Stage):
                     f"{self.name}: cannot resume: record {record.get('id')!r} in outputs.jsonl lacks {self.field!r} or "
                     f"{self.output_field!r}, which rebuild the records seen so far; start the run again in a new folder"
                 )
-            self._keep(_vector(record, self.field, self.name), str(record["id"]), record[self.output_field]["group"])
+            self._keep(_vector(record, self.field, self.name), str(record["id"]), record[self.output_field])
 
-    def _keep(self, vector: Any, record_id: str, group: str) -> None:
+    def _keep(self, vector: Any, record_id: str, result: dict[str, Any]) -> None:
         import numpy as np
 
         count = len(self.ids)
@@ -345,7 +347,15 @@ class NearDuplicates(Stage):
             self.vectors = grown
         self.vectors[count] = vector
         self.ids.append(record_id)
-        self.groups.append(group)
+        self.groups.append(result["group"])
+        if result["duplicate_of"] is not None:
+            self.duplicates.append({"id": record_id, "duplicate_of": result["duplicate_of"], "score": result["score"]})
+            self.duplicate_groups.add(result["group"])
+
+    def describe(self) -> dict[str, Any]:
+        """How many records repeat an earlier one, in how many groups, and the first few."""
+        return {"near_duplicates": {"records": len(self.duplicates), "groups": len(self.duplicate_groups),
+                                    "examples": self.duplicates[:3]}}
 
     def process(self, records: list[Record]) -> list[Record]:
         import numpy as np
@@ -363,6 +373,6 @@ class NearDuplicates(Stage):
                 best = int(np.argmax(scores))
                 if scores[best] >= self.threshold:
                     result = {"group": self.groups[best], "duplicate_of": self.ids[best], "score": float(scores[best])}
-            self._keep(vector, str(record["id"]), result["group"])
+            self._keep(vector, str(record["id"]), result)
             record[self.output_field] = result
         return records

@@ -143,6 +143,7 @@ class PipelineStage(Stage):
         self.writes = (output_field,)
         self.pipe: Any = None
         self.resolved: Any = None
+        self.checked: list[str] = []  # what check() verified, for `composer plan`
         self.quantization_object: Any = None
         self.load_seconds: float | None = None
         self.batch_seconds: list[float] = []
@@ -157,25 +158,44 @@ class PipelineStage(Stage):
         self._per_thread = threading.local()
         self._lock = threading.RLock()  # a first cache miss loading the model (which may set one_record_because), counters
 
-    def check(self) -> list:
-        """Deep checks that need transformers but no weights: task parameters, quantization, model."""
-        from composer.runtime import ModelUnavailable, check_quantization_backend
+    def check(self, deep: bool = False) -> list:
+        """Checks that load no weights, run by `plan` before anything is built: task parameters
+        (read from transformers' source) and that the model can be found (not hashed); `deep`
+        adds what imports transformers (the quantization backend and its arguments) and pins
+        the model (hashing a local folder, building a tiny one), as every run does. Each check
+        that passed is described in `self.checked` (`composer plan` lists them)."""
+        from composer.runtime import ModelUnavailable, check_quantization_backend, resolve_model
         from composer.schema import ConfigIssue
         from composer.taskparams import check_task_params
 
         prefix = self._key_prefix()
+        self.checked = []
         issues = check_task_params(self.task, self.build_params, self.call_params, (f"{prefix}pipeline", f"{prefix}call"))
-        issues += check_quantization_backend(self.quantization, f"{prefix}quantization")
+        if not issues and (self.build_params or self.call_params):
+            names = [f"{prefix}pipeline.{n}" for n in self.build_params] + [f"{prefix}call.{n}" for n in self.call_params]
+            self.checked.append(f"{', '.join(names)}: accepted by the {self.task} pipeline")
+        if deep:
+            found = check_quantization_backend(self.quantization, f"{prefix}quantization")
+            if not found and self.quantization.get("backend", "none") != "none":
+                self.checked.append(f"quantization {self.quantization['backend']}: backend installed, arguments accepted")
+            issues += found
         try:
-            self._resolved_model()
+            model = self.model_config
+            resolved = (self._resolved_model() if deep else
+                        resolve_model(model["id"], model["revision"], self.task, model.get("fallback"), fingerprint=False))
         except ModelUnavailable as error:
             issues.append(ConfigIssue(f"{prefix}model.id", str(error)))
-        if self.resolved is not None and not self.model_config.get("allow_pickle"):
-            pickled = pickle_only_weights(self.resolved.load_from)
+            return issues
+        pinned = f", sha256 {resolved.content_sha256[:12]}" if resolved.content_sha256 else ""
+        pinned += f", revision {resolved.revision}" if resolved.revision else ""
+        self.checked.append(f"{prefix}model.id {resolved.requested or 'null (the task default)'}: found ({resolved.source}: "
+                            f"{resolved.load_from}{pinned})" + (f"; {resolved.note}" if resolved.note else ""))
+        if not self.model_config.get("allow_pickle"):
+            pickled = pickle_only_weights(resolved.load_from)
             if pickled:
                 issues.append(ConfigIssue(
                     f"{prefix}model.id",
-                    f"{self.resolved.load_from} has only pickle-based weights ({', '.join(pickled)}), and loading "
+                    f"{resolved.load_from} has only pickle-based weights ({', '.join(pickled)}), and loading "
                     f"pickle can run arbitrary code; convert them to safetensors or set {prefix}model.allow_pickle=true",
                 ))
         return issues

@@ -263,7 +263,8 @@ def default_cache_root() -> Path:
     return Path.home() / ".cache" / "composer"
 
 
-def _model_dir(name: str, cache_dir: str | os.PathLike[str] | None) -> Path:
+def tiny_model_folder(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where tiny model `name` is (or will be) built; nothing is built here."""
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
     return root / "tiny-models" / f"{name}-v{BUILDER_VERSION}"
 
@@ -294,7 +295,7 @@ def tiny_model_path(name: str, cache_dir: str | os.PathLike[str] | None = None) 
     Raises ``KeyError`` for a name not in :data:`TINY_MODELS`.
     """
     _spec(name)
-    dest = _model_dir(name, cache_dir)
+    dest = tiny_model_folder(name, cache_dir)
     if _is_complete(dest):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
