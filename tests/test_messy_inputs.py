@@ -213,9 +213,10 @@ def test_cli_exits_2_on_a_binary_jsonl_naming_the_file(tmp_path):
     path = nasty("random_bytes.jsonl", tmp_path)
     run_dir = tmp_path / "cli-run"
     done = run_cli("run", *BASE, "input=jsonl", f"input.path={path}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert done.returncode == 2, done.stderr
-    assert f"input.path: {path} is not JSON Lines: it holds binary data" in done.stderr
-    assert "Traceback" not in done.stderr
+    said = done.stdout + done.stderr
+    assert done.returncode == 2, said
+    assert f"input.path: {path} is not JSON Lines: it holds binary data" in said
+    assert "Traceback" not in said
     assert not (run_dir / "manifest.json").exists() and not (run_dir / "outputs.jsonl").exists()
 
 
@@ -263,8 +264,8 @@ def test_cli_shows_the_stray_quote_warning(tmp_path):
     path = nasty("stray_quote.csv", tmp_path)
     run_dir = tmp_path / "cli-run"
     done = run_cli("run", *BASE, "input=csv", f"input.path={path}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert STRAY_QUOTE_WARNING in done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert STRAY_QUOTE_WARNING in done.stderr  # warnings go to stderr
     assert len(read_jsonl(run_dir / "outputs.jsonl")) == 5
 
 
