@@ -31,6 +31,7 @@ from composer.configuration import compose_config
 from composer.graph import MODEL, ExecutionPolicy, ExecutionStats, Graph, RunAborted, RunInterrupted, execute, plan as plan_graph
 from composer.metrics import latency_summary, quality_accumulator
 from composer.records import canonical_json
+from composer.runlog import RunLog
 from composer.schema import ConfigError, validate
 
 EXIT_OK, EXIT_RECORD_ERRORS, EXIT_CONFIG, EXIT_ABORTED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -258,13 +259,11 @@ def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) 
     """Run a validated config into `run_dir` (see _execute_config), with the run's log: library
     warnings once each on stderr, their counts in the manifest (`warnings`), and run.log in
     the folder ending with the summary that the CLI prints."""
-    from composer.runlog import RunLog
-
     with RunLog() as log:
         return _execute_config(config, run_dir, overrides, log)
 
 
-def _execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str], log: Any) -> RunResult:
+def _execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str], log: RunLog) -> RunResult:
     """Run a validated config into `run_dir`, or continue the run already there.
 
     Config mistakes raise ConfigError, and a folder holding another config's run raises
