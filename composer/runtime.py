@@ -132,9 +132,6 @@ def _provision_hint(model_id: str | None) -> str | None:
 
 
 def _resolve_hub(requested: str | None, model_id: str, revision: str | None) -> ResolvedModel:
-    from huggingface_hub import model_info
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
     from composer import provision
 
     # A verified copy provisioned without the Hub (`composer models fetch`) stands for the hub id
@@ -160,6 +157,10 @@ def _resolve_hub(requested: str | None, model_id: str, revision: str | None) -> 
 
     if _hub_offline():
         return from_cache("HF_HUB_OFFLINE is set")
+    # Imported here: a provisioned copy (above) needs no huggingface_hub, which takes ~0.2 s to import.
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
     try:
         info = model_info(model_id, revision=revision, timeout=10)
     except RevisionNotFoundError as error:
