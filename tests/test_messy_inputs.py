@@ -401,3 +401,15 @@ def test_parquet_sniff_accepts_a_real_parquet_file(tmp_path):
     assert source.sniff() is None
     source.setup()
     assert [r["text"] for r in source.iter_records()] == ["a"]
+
+
+def test_a_row_nested_too_deep_or_a_string_line_with_a_surrogate_fails_alone(tmp_path):
+    path = tmp_path / "odd.jsonl"
+    deep = {"text": "deep", "meta": json.loads("[" * 150 + "]" * 150)}
+    path.write_text("\n".join([json.dumps({"text": "fine"}), json.dumps(deep), '"a string \\udfff line"', '"ok line"']) + "\n")
+    items = list(JsonlSource("s", path=str(path)).iter_records())
+    assert [i["text"] for i in items if isinstance(i, dict)] == ["fine", "ok line"]
+    assert [(i.id, i.error_type, i.message) for i in items if not isinstance(i, dict)] == [
+        ("line-2", "ValueError", "line 2 of odd.jsonl is nested more than 100 levels deep"),
+        ("line-3", "UnicodeError", "line 3 of odd.jsonl: field 'text' holds a lone surrogate '\\udfff', half of a UTF-16 pair, which is not text"),
+    ]

@@ -45,6 +45,9 @@ class RowSource(Source):
     #: True where undecodable bytes reach a row as surrogate escapes (\udc80-\udcff): such a row
     #: is reported as bytes that are not UTF-8 rather than as a lone surrogate.
     surrogate_escapes = False
+    #: True where rows() itself fails the rows that could not be written as UTF-8 JSON (it
+    #: knows from the bytes which rows need looking at: _unwritable walks every value).
+    rows_checked = False
 
     def __init__(
         self,
@@ -98,11 +101,10 @@ class RowSource(Source):
     def _make_record(self, position: str, row: Any, seen: dict[str, int]) -> Record | RecordFailure:
         if not isinstance(row, dict):
             row = {self.field: row}
-        problem = self._unwritable(row)
-        if problem is not None:
-            record_id = row.get(self.id_field) if self.id_field else None
-            clean = isinstance(record_id, (str, int)) and not _SURROGATE.search(str(record_id))
-            return RecordFailure(str(record_id) if clean else _position_id(position), self.name, *problem(position))
+        if not self.rows_checked:
+            failure = self._unwritable(position, row)
+            if failure is not None:
+                return failure
         if self.id_field:
             if row.get(self.id_field) is None:
                 return RecordFailure(position, self.name, "KeyError", f"{position} has no id field {self.id_field!r} (input.id_field)")
@@ -136,25 +138,25 @@ class RowSource(Source):
             record[name] = row[name]
         return record
 
-    def _unwritable(self, row: dict) -> Callable[[str], tuple[str, str]] | None:
-        """What keeps `row` from being hashed and written as UTF-8 JSON (a lone surrogate, bytes
-        that were not UTF-8, nesting too deep), as a function of its position giving the error's
-        type and message; None when nothing does."""
+    def _unwritable(self, position: str, row: Any) -> RecordFailure | None:
+        """The failure of a row that cannot be hashed and written as UTF-8 JSON (a lone
+        surrogate, bytes that were not UTF-8, nesting too deep); None for a sound row."""
         found = _first_surrogate(row)
-        if found == "too deep":
-            return lambda position: ("ValueError", f"{position} is nested more than {MAX_NESTING} levels deep")
         if found is None:
             return None
+        record_id = row.get(self.id_field) if self.id_field and isinstance(row, dict) else None
+        clean = isinstance(record_id, (str, int)) and not _SURROGATE.search(str(record_id))
+        failure_id = str(record_id) if clean else _position_id(position)
+        if found == "too deep":
+            return RecordFailure(failure_id, self.name, "ValueError", f"{position} is nested more than {MAX_NESTING} levels deep")
         where, char = found
         if self.surrogate_escapes and 0xDC80 <= ord(char) <= 0xDCFF:
             byte = ord(char) - 0xDC00
-            return lambda position: (
-                "UnicodeDecodeError", f"{position} is not valid UTF-8: byte 0x{byte:02x} in {where}{_latin1_hint(byte)}"
-            )
-        return lambda position: (
-            "UnicodeError",
-            f"{position}: {where} holds a lone surrogate {char!a}, half of a UTF-16 pair, which is not text",
-        )
+            return RecordFailure(failure_id, self.name, "UnicodeDecodeError",
+                                 f"{position} is not valid UTF-8: byte 0x{byte:02x} in {where}{_latin1_hint(byte)}")
+        where = f"field {self.field!r}" if where == "the row" else where  # a JSON string line is the field's value
+        return RecordFailure(failure_id, self.name, "UnicodeError",
+                             f"{position}: {where} holds a lone surrogate {char!a}, half of a UTF-16 pair, which is not text")
 
 
 def _position_id(position: str) -> str:
@@ -354,6 +356,10 @@ SIGNATURES = (
     (b"\xfe\xff", "UTF-16 text (save it as UTF-8)"),
 )
 _CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# strict=False: a control character (a bare \r, a tab) inside a string is kept, not an error.
+# Made once: json.loads(..., strict=False) would build a decoder for every line.
+_JSON = json.JSONDecoder(strict=False)
 
 
 def _signature(head: bytes) -> str | None:
@@ -382,14 +388,17 @@ class JsonlSource(FileSource):
     own, so one line that is not UTF-8 fails alone. Lines of ASCII whitespace are skipped.
     """
 
+    rows_checked = True
+
     def rows(self) -> Iterator[tuple[str, Any]]:
+        name = self.path.name
         with self.path.open("rb") as handle:
             for number, raw in enumerate(handle, start=1):
                 if number == 1 and raw.startswith(BOM):  # a byte-order mark (files saved on Windows) is not line 1's
                     raw = raw[len(BOM):]
                 if not raw.strip():
                     continue
-                position = f"line {number} of {self.path.name}"
+                position = f"line {number} of {name}"
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as error:
@@ -398,8 +407,7 @@ class JsonlSource(FileSource):
                     )
                     continue
                 try:
-                    # strict=False: a control character (a bare \r, a tab) inside a string is kept.
-                    row = json.loads(line, strict=False)
+                    row = _JSON.decode(line)
                 except (ValueError, RecursionError) as error:  # JSONDecodeError, too many digits, too deep
                     yield position, RecordFailure(f"line-{number}", self.name, type(error).__name__, f"{position}: {error}")
                     continue
@@ -409,6 +417,13 @@ class JsonlSource(FileSource):
                         f"{position}: expected a JSON object or string, got {type(row).__name__}",
                     )
                     continue
+                # Strictly decoded UTF-8 holds no surrogate: only a \udXXX escape makes one; and
+                # a row is no deeper than its brackets. Only such lines are walked.
+                if _SURROGATE_ESCAPE.search(raw) or raw.count(b"[") + raw.count(b"{") > MAX_NESTING:
+                    failure = self._unwritable(position, row)
+                    if failure is not None:
+                        yield position, failure
+                        continue
                 yield position, row
 
     def sniff(self) -> str | None:
@@ -441,7 +456,7 @@ class JsonlSource(FileSource):
                 problem = f"line 1 starts {_excerpt(text)}"
                 continue
             try:
-                row = json.loads(text, strict=False)
+                row = _JSON.decode(text)
             except (ValueError, RecursionError) as error:
                 problem = problem or f"line {number} reads {_excerpt(text)} ({error})"
                 continue
@@ -477,6 +492,7 @@ class CsvSource(FileSource):
     (an InputWarning with their line numbers, and `multiline_rows` in the manifest)."""
 
     surrogate_escapes = True
+    rows_checked = True  # only a row with undecodable bytes holds surrogates (escapes): rows() fails it
 
     def __init__(self, name: str, *, path: str, delimiter: str = ",", **common: Any):
         super().__init__(name, path=path, delimiter=delimiter, **common)
@@ -485,6 +501,7 @@ class CsvSource(FileSource):
 
     def rows(self) -> Iterator[tuple[str, Any]]:
         self.multiline_rows = []
+        name = self.path.name
         with self.path.open("rb") as raw:
             # newline="": the csv module splits rows itself (a quoted field may hold line breaks).
             handle = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
@@ -513,13 +530,19 @@ class CsvSource(FileSource):
                         continue
                     if not fields:
                         continue  # a blank line (csv.DictReader skips them too)
-                    yield self._position(reader.line_num, fields), self._row(header, fields)
+                    joined = "".join(fields)
+                    # reader.line_num: the file line the row ends on (the header is line 1).
+                    position = self._position(reader.line_num, fields) if "\n" in joined or "\r" in joined \
+                        else f"row {reader.line_num} of {name}"
+                    row = dict(zip(header, fields)) if len(fields) == len(header) else self._row(header, fields)
+                    failure = self._unwritable(position, row) if _SURROGATE.search(joined) else None
+                    yield position, failure or row
             finally:
                 self._report_multiline()
 
     def _position(self, end: int, fields: list[str]) -> str:
-        """Where a row is: reader.line_num is the file line it ends on (the header is line 1),
-        and it starts as many lines before as its fields hold line breaks."""
+        """Where a row whose fields hold line breaks is: it ends on line `end` and starts as many
+        lines before as its fields hold line breaks (CRLF counts one, as in the file)."""
         start = end - sum(len(_LINE_BREAK.findall(value)) for value in fields)
         if start == end:
             return f"row {start} of {self.path.name}"
