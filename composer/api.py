@@ -87,7 +87,8 @@ def _checked(overrides: Sequence[str], config_path: Path | None, deep: bool = Fa
         try:
             graph = plan_graph(composed.plain, deep=deep)
         except ConfigError as error:
-            issues += [issue for issue in error.issues if issue not in issues]
+            reported = {issue.path for issue in issues}  # one message per key: the schema's (pipeline.use_safetensors)
+            issues += [issue for issue in error.issues if issue.path not in reported]
         except Exception:  # noqa: BLE001 - a config the schema faults (batch_size=0) may not plan; its issues say why
             if not issues:
                 raise
