@@ -413,3 +413,11 @@ def test_a_row_nested_too_deep_or_a_string_line_with_a_surrogate_fails_alone(tmp
         ("line-2", "ValueError", "line 2 of odd.jsonl is nested more than 100 levels deep"),
         ("line-3", "UnicodeError", "line 3 of odd.jsonl: field 'text' holds a lone surrogate '\\udfff', half of a UTF-16 pair, which is not text"),
     ]
+
+
+def test_a_file_name_that_is_not_utf8_does_not_break_the_error_lines(tmp_path):
+    path = tmp_path / b"caf\xe9.jsonl".decode("utf-8", "surrogateescape")  # as os.listdir gives such a name
+    path.write_bytes(b'{"text": "fine"}\nnot json\n')
+    _, failure = JsonlSource("s", path=str(path)).iter_records()
+    assert failure.message.startswith("line 2 of caf\ufffd.jsonl: Expecting value")
+    failure.message.encode("utf-8")  # errors.jsonl can hold it

@@ -202,22 +202,22 @@ def _value_checks(source: RowSource, stages: dict[str, Stage]) -> list[tuple[str
     and needs a certain kind of value: a model stage of a text task (text, or the one structured
     input its pipeline takes), normalize (text), template (text or a number). Stages are looked
     at in graph order; once one rewrites the field, later readers see its value, not the source's."""
+    from composer.stages.text import Normalize, Template
     from composer.tasks import task_table
 
     field, checks = source.field, []
     for stage in stages.values():
         if stage is source:
             continue
-        kind = type(stage).__name__
         if field in stage.reads:
             if stage.kind == "model" and getattr(stage, "input_field", None) == field:
                 info = task_table().tasks.get(str(getattr(stage, "task", "")))
                 if info is not None and info.modality == "text":
                     params = {**getattr(stage, "build_params", {}), **getattr(stage, "call_params", {})}
                     checks.append((f"the {info.name} model (stage {stage.name!r}) takes text", _text_input_check(info.name, params)))
-            elif kind == "Normalize" and getattr(stage, "field", None) == field:
+            elif isinstance(stage, Normalize) and stage.field == field:
                 checks.append((f"stage {stage.name!r} (normalize) takes text", _text_only))
-            elif kind == "Template":
+            elif isinstance(stage, Template):
                 checks.append((f"stage {stage.name!r} (template) takes text or a number", _scalar_only))
         if field in stage.writes:
             break
@@ -269,6 +269,7 @@ def _text_input_check(task: str, params: dict[str, Any]) -> Callable[[Any], str 
 
     return check
 
+
 class InlineSource(RowSource):
     """Records written in the config itself: strings or mappings."""
 
@@ -293,6 +294,9 @@ class FileSource(RowSource):
     def __init__(self, name: str, *, path: str, **common: Any):
         super().__init__(name, path=path, **common)
         self.path = Path(path).expanduser()
+        # The file's name in positions ('line 7 of data.jsonl'): a name whose bytes are not UTF-8
+        # holds surrogate escapes, which no errors.jsonl line could be written with.
+        self.display_name = self.path.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         self._scan: dict[str, Any] | None = None
 
     def bind(self, stages: dict[str, Stage]) -> list[Any]:
@@ -391,7 +395,7 @@ class JsonlSource(FileSource):
     rows_checked = True
 
     def rows(self) -> Iterator[tuple[str, Any]]:
-        name = self.path.name
+        name = self.display_name
         with self.path.open("rb") as handle:
             for number, raw in enumerate(handle, start=1):
                 if number == 1 and raw.startswith(BOM):  # a byte-order mark (files saved on Windows) is not line 1's
@@ -501,7 +505,7 @@ class CsvSource(FileSource):
 
     def rows(self) -> Iterator[tuple[str, Any]]:
         self.multiline_rows = []
-        name = self.path.name
+        name = self.display_name
         with self.path.open("rb") as raw:
             # newline="": the csv module splits rows itself (a quoted field may hold line breaks).
             handle = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
@@ -512,7 +516,7 @@ class CsvSource(FileSource):
                     return
                 # Column names with bytes that are not UTF-8 keep U+FFFD in their place (the
                 # other columns still work); bad bytes in a row fail that row.
-                header = [name.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for name in header]
+                header = [column.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for column in header]
                 failed_at = None
                 while True:
                     try:
@@ -521,8 +525,8 @@ class CsvSource(FileSource):
                         return
                     except csv.Error as error:  # a field over csv.field_size_limit(): that row fails, reading goes on
                         line = reader.line_num
-                        yield f"row {line} of {self.path.name}", RecordFailure(
-                            f"row-{line}", self.name, "csv.Error", f"the row ending on line {line} of {self.path.name}: {error}"
+                        yield f"row {line} of {self.display_name}", RecordFailure(
+                            f"row-{line}", self.name, "csv.Error", f"the row ending on line {line} of {self.display_name}: {error}"
                         )
                         if failed_at == line:
                             return  # no progress: the reader cannot go past it
@@ -545,9 +549,9 @@ class CsvSource(FileSource):
         lines before as its fields hold line breaks (CRLF counts one, as in the file)."""
         start = end - sum(len(_LINE_BREAK.findall(value)) for value in fields)
         if start == end:
-            return f"row {start} of {self.path.name}"
+            return f"row {start} of {self.display_name}"
         self.multiline_rows.append((start, end))
-        return f"row {start} of {self.path.name} (lines {start}-{end})"
+        return f"row {start} of {self.display_name} (lines {start}-{end})"
 
     @staticmethod
     def _row(header: list[str], fields: list[str]) -> dict[Any, Any]:
@@ -567,7 +571,7 @@ class CsvSource(FileSource):
         a, b = max(spans, key=lambda span: span[1] - span[0])
         longest = f"; the longest: lines {a}-{b}" if len(spans) > 1 else ""
         warnings.warn(
-            f"{self.path.name}: {len(spans)} row{'s' if len(spans) > 1 else ''} with a quoted field spanning lines "
+            f"{self.display_name}: {len(spans)} row{'s' if len(spans) > 1 else ''} with a quoted field spanning lines "
             f"(lines {listed}{longest}). Quoted line breaks are valid CSV, but a stray '\"' makes one too, "
             "swallowing the lines after it into one field: check these lines",
             InputWarning,
@@ -602,7 +606,7 @@ class ParquetSource(FileSource):
         for batch in pq.ParquetFile(self.path).iter_batches(batch_size=1024):
             for row in batch.to_pylist():
                 number += 1
-                yield f"row {number} of {self.path.name}", row
+                yield f"row {number} of {self.display_name}", row
 
     def sniff(self) -> str | None:
         """Refused unless it starts and ends with the Parquet magic bytes (setup reads its footer)."""
