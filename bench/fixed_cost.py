@@ -9,8 +9,9 @@ and from there to the process's exit.
 
     python bench/fixed_cost.py --before /path/to/old/checkout --rounds 5
 
-`--before` is a checkout of the earlier commit (e.g. `git worktree add /tmp/before <commit>`); it
-runs with the same interpreter, its package first on PYTHONPATH.
+`--before` is a checkout of the earlier commit (e.g. `git worktree add /tmp/before <commit>`),
+`--after` the later one (default: this checkout); both run with the same interpreter, their
+package first on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ def timed(checkout: Path, args: list[str], workdir: Path) -> tuple[float, float 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", type=Path, required=True, help="a checkout of the earlier commit")
+    parser.add_argument("--after", type=Path, default=REPO, help="the later checkout (default: this one)")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    checkouts = {"before": args.before.resolve(), "after": REPO}
+    checkouts = {"before": args.before.resolve(), "after": args.after.resolve()}
     pairs = [(command, name) for command in COMMANDS for name in checkouts]
     wall: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
     tail: dict[str, list[float]] = {name: [] for name in checkouts}
