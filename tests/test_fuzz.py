@@ -23,7 +23,6 @@ import json
 import os
 import re
 import uuid
-import warnings
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,6 @@ from hypothesis import strategies as st
 
 from composer import api
 from composer.schema import ConfigError
-from composer.stages.sources import InputWarning
 from conftest import BASE
 
 _EXAMPLES = int(os.environ.get("COMPOSER_FUZZ_EXAMPLES") or 0)
@@ -58,9 +56,7 @@ def run_file(tmp_path: Path, name: str, data: bytes, *overrides: str) -> tuple[P
     folder.mkdir()
     path = folder / name
     path.write_bytes(data)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", InputWarning)
-        return path, api.run([*BASE, *overrides, f"input.path={path}"], run_dir=folder / "run")
+    return path, api.run([*BASE, *overrides, f"input.path={path}"], run_dir=folder / "run")
 
 
 def assert_invariant(result: api.RunResult) -> None:

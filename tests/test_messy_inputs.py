@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 from composer import api
 from composer.schema import ConfigError
 from composer.stages.base import Stage
-from composer.stages.sources import CsvSource, InputWarning, JsonlSource, ParquetSource
+from composer.stages.sources import CsvSource, JsonlSource, ParquetSource
 from composer.stages.text import Normalize, Template
 from conftest import BASE, read_jsonl, run_cli, write_jsonl
 
@@ -101,9 +100,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.file for c in CASES])
 def test_nasty_file_gives_exactly_these_outputs_and_errors(case, tmp_path):
     path = nasty(case.file, tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", InputWarning)  # the stray quote's warning has its own tests
-        result = run(tmp_path, "run", f"input={case.kind}", f"input.path={path}", "batch_size=4", *case.overrides)
+    result = run(tmp_path, "run", f"input={case.kind}", f"input.path={path}", "batch_size=4", *case.overrides)
     assert result.exit_code == (1 if case.errors else 0), result.manifest().get("error")
     assert result.status == ("completed_with_errors" if case.errors else "complete")
     outputs = result.outputs()
@@ -229,11 +226,11 @@ STRAY_QUOTE_WARNING = (
 )
 
 
-def test_a_stray_quote_in_a_csv_is_reported_with_its_line_numbers(tmp_path):
+def test_a_stray_quote_in_a_csv_is_reported_with_its_line_numbers(tmp_path, caplog):
     source = CsvSource("s", path=str(nasty("stray_quote.csv", tmp_path)), keep=["n"])
-    with pytest.warns(InputWarning) as caught:
+    with caplog.at_level("WARNING", logger="composer.input"):
         records = list(source.iter_records())
-    assert [str(w.message) for w in caught] == [STRAY_QUOTE_WARNING]
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [("composer.input", "WARNING", STRAY_QUOTE_WARNING)]
     assert [r["n"] for r in records] == ["0", "1", "2", "3", "14"]
     assert records[3]["text"].startswith("this quote is never closed\n4,row 4 is swallowed\n")
     assert source.multiline_rows == [(5, 15)]
@@ -243,21 +240,19 @@ def test_a_stray_quote_in_a_csv_is_reported_with_its_line_numbers(tmp_path):
 def test_multiline_csv_rows_are_counted_in_the_manifest_and_named_in_errors(tmp_path):
     path = tmp_path / "multi.csv"
     path.write_text('n,text\n1,"two\nlines"\n2,fine\n3,"three\r\nmore\rlines"\n', encoding="utf-8", newline="")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", InputWarning)
-        result = run(tmp_path, "run", "input=csv", f"input.path={path}", "input.keep=[n,missing]")
+    result = run(tmp_path, "run", "input=csv", f"input.path={path}", "input.keep=[n,missing]")
     assert result.manifest()["stages"]["source"]["multiline_rows"] == {"count": 2, "lines": [[2, 3], [5, 7]]}
     messages = [e["message"] for e in result.errors()]
     assert messages[0].startswith("row 2 of multi.csv (lines 2-3) has no field 'missing'")
     assert messages[2].startswith("row 5 of multi.csv (lines 5-7) has no field 'missing'")
 
 
-def test_a_csv_without_multiline_fields_warns_nothing(tmp_path):
+def test_a_csv_without_multiline_fields_warns_nothing(tmp_path, caplog):
     path = tmp_path / "plain.csv"
     path.write_text("n,text\n1,one\n2,two\n", encoding="utf-8")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", InputWarning)
+    with caplog.at_level("WARNING", logger="composer.input"):
         assert len(list(CsvSource("s", path=str(path)).iter_records())) == 2
+    assert caplog.records == []
 
 
 def test_cli_shows_the_stray_quote_warning(tmp_path):
@@ -266,6 +261,7 @@ def test_cli_shows_the_stray_quote_warning(tmp_path):
     done = run_cli("run", *BASE, "input=csv", f"input.path={path}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert STRAY_QUOTE_WARNING in done.stderr  # warnings go to stderr
+    assert STRAY_QUOTE_WARNING in (run_dir / "run.log").read_text(encoding="utf-8")
     assert len(read_jsonl(run_dir / "outputs.jsonl")) == 5
 
 
@@ -384,9 +380,7 @@ def test_reading_messy_sources_directly_never_raises(tmp_path):
         ("not_objects.jsonl", JsonlSource, 8), ("nul_line.jsonl", JsonlSource, 5),
         ("carriage_returns.jsonl", JsonlSource, 5), ("latin1_row.csv", CsvSource, 4),
     ]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", InputWarning)
-            items = list(source_class("s", path=str(NASTY / name)).iter_records())
+        items = list(source_class("s", path=str(NASTY / name)).iter_records())
         assert len(items) == expected, name
         assert all(re.fullmatch(r"[\x20-\x7e]+", getattr(i, "id", None) or i["id"]) for i in items), name
 

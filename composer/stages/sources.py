@@ -18,8 +18,8 @@ import csv
 import glob
 import io
 import json
+import logging
 import re
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,9 @@ from composer.repro import sha256_bytes, sha256_file, sha256_tree
 from composer.stages.base import Source, Stage
 
 
-class InputWarning(UserWarning):
-    """Input that composer read, but that the user should look at (CSV fields spanning lines)."""
-
+# Input that composer read, but that the user should look at (CSV fields spanning lines): a
+# warning on stderr (and in run.log and the manifest's warnings, during a run).
+log = logging.getLogger("composer.input")
 
 BOM = b"\xef\xbb\xbf"
 MAX_NESTING = 100  # deeper rows are a record error: writing them back could exceed Python's recursion limit
@@ -493,7 +493,7 @@ class CsvSource(FileSource):
 
     A quoted field may span lines, as CSV allows; but a stray quote makes one too, swallowing the
     lines after it into one field, so every row spanning lines is reported once the file is read
-    (an InputWarning with their line numbers, and `multiline_rows` in the manifest)."""
+    (a warning with their line numbers, and `multiline_rows` in the manifest's source facts)."""
 
     surrogate_escapes = True
     rows_checked = True  # only a row with undecodable bytes holds surrogates (escapes): rows() fails it
@@ -570,12 +570,10 @@ class CsvSource(FileSource):
         listed = ", ".join(f"{a}-{b}" for a, b in spans[:10]) + (f" and {len(spans) - 10} more" if len(spans) > 10 else "")
         a, b = max(spans, key=lambda span: span[1] - span[0])
         longest = f"; the longest: lines {a}-{b}" if len(spans) > 1 else ""
-        warnings.warn(
+        log.warning(
             f"{self.display_name}: {len(spans)} row{'s' if len(spans) > 1 else ''} with a quoted field spanning lines "
             f"(lines {listed}{longest}). Quoted line breaks are valid CSV, but a stray '\"' makes one too, "
-            "swallowing the lines after it into one field: check these lines",
-            InputWarning,
-            stacklevel=2,
+            "swallowing the lines after it into one field: check these lines"
         )
 
     def sniff(self) -> str | None:
