@@ -66,7 +66,7 @@ class InputConfig:
     limit: int | None = None
     keep: list[str] = dataclasses.field(default_factory=list)  # extra columns carried into the records
     records: list | None = None  # inline: strings or dicts
-    delimiter: str = ","  # csv
+    delimiter: str = ","  # csv: one character, or `tab` (a tab cannot be written in an override)
     subset: str | None = None  # dataset: config (subset) name
     split: str = "train"  # dataset
     data_files: Any = None  # dataset
@@ -342,6 +342,9 @@ def _check_input(inp: dict, path: str) -> list[ConfigIssue]:
         issues.append(
             ConfigIssue(join(path, "path"), "input=dataset needs input.path (a loader like json/csv, a local folder or a hub name)")
         )
+    delimiter = inp.get("delimiter", ",")
+    if kind == "csv" and delimiter != "tab" and not (isinstance(delimiter, str) and len(delimiter) == 1):
+        issues.append(ConfigIssue(join(path, "delimiter"), f"a csv delimiter is one character, or tab; got {delimiter!r}"))
     limit = inp.get("limit")
     if isinstance(limit, int) and not isinstance(limit, bool) and limit < 1:
         issues.append(ConfigIssue(join(path, "limit"), f"limit must be >= 1, got {limit}"))

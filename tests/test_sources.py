@@ -367,6 +367,20 @@ def test_csv_semicolon_and_quoted_multiline_fields(tmp_path):
     assert source.writes == ("id", "text", "note")
 
 
+def test_csv_delimiter_is_one_character_or_tab(tmp_path):
+    """Found in review: `input.delimiter=ab` ended the run with csv's own error (exit 4), and a
+    tab cannot be written in a Hydra override; `tab` names it, anything else is a config error."""
+    from composer.schema import ConfigError
+
+    path = tmp_path / "a.tsv"
+    path.write_text("id\ttext\n1\tsome words\n", encoding="utf-8")
+    source = CsvSource("s", path=str(path), delimiter="tab", id_field="id")
+    assert list(source.iter_records()) == [{"id": "1", "text": "some words"}]
+    with pytest.raises(ConfigError) as caught:
+        api.plan([*BASE, "input=csv", f"input.path={path}", "input.delimiter=ab"])
+    assert [str(issue) for issue in caught.value.issues] == ["input.delimiter: a csv delimiter is one character, or tab; got 'ab'"]
+
+
 def test_inline_strings_and_mappings(tmp_path):
     source = InlineSource("s", records=["hello", {"text": "hi", "k": 1}], keep=[], label_field="k")
     first, second = source.iter_records()

@@ -500,7 +500,7 @@ class CsvSource(FileSource):
 
     def __init__(self, name: str, *, path: str, delimiter: str = ",", **common: Any):
         super().__init__(name, path=path, delimiter=delimiter, **common)
-        self.delimiter = delimiter
+        self.delimiter = "\t" if delimiter == "tab" else delimiter
         self.multiline_rows: list[tuple[int, int]] = []  # (first line, last line) of each row spanning lines
 
     def rows(self) -> Iterator[tuple[str, Any]]:
