@@ -84,7 +84,7 @@ def _error_lines(path: Path, failed: int) -> list[str]:
         ids.setdefault(kind, [])
         if len(ids[kind]) < IDS_PER_ERROR_TYPE:
             ids[kind].append(str(error.get("id")))
-        messages.setdefault(kind, str(error.get("message", "")).splitlines()[0][:160] if error.get("message") else "")
+        messages.setdefault(kind, _shortened(str(error.get("message") or "")))
     lines = []
     for (stage, error_type), count in kinds.most_common(TOP_ERROR_TYPES):
         more = ", ..." if count > len(ids[(stage, error_type)]) else ""
@@ -95,6 +95,12 @@ def _error_lines(path: Path, failed: int) -> list[str]:
         lines.append(f"    and {others} more error types")
     lines.append(f"    every failed record, with its reason: {path}")
     return lines
+
+
+def _shortened(message: str, width: int = 160) -> str:
+    """The first line of an error message, cut at `width` characters with '...' where cut."""
+    first = message.splitlines()[0] if message else ""
+    return first if len(first) <= width else first[: width - 3] + "..."
 
 
 def _per_class_table(per_class: dict | None) -> list[str]:
