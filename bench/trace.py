@@ -5,7 +5,7 @@ thread, on composer's own loaded model with its oneDNN linear layers) on the sam
 model as bench/bench.py, alternately, and prints per run: records/s, wall time, the process's
 CPU seconds during the run, the CPU seconds spent inside batches, how busy the worker threads
 were, and how long the first batch waited.
-Composer's batches are traced by wrapping `composer.graph._run_stage` (a private function: this
+Composer's batches are traced by wrapping `composer.executors.unit._run_stage` (a private function: this
 is a diagnostic, not an API).
 
     .venv/bin/python bench/trace.py --model small-256x4 --n 2048 --repeats 3 --work /tmp/benchwork
@@ -51,7 +51,8 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from composer import graph
+    from composer.executors import local, unit
+    from composer.stages.base import BatchedStage
 
     torch.set_num_threads(args.threads)
     folder = bench.build_model(args.model, args.work / "models" / args.model)
@@ -71,14 +72,14 @@ def main() -> None:
 
     spans: list = []
     marks: dict[str, float] = {}
-    run_stage, execute = graph._run_stage, graph._execute_batches
+    run_stage, execute = unit._run_stage, local._stream
 
     def traced_stage(stage, records):
         started, cpu = time.perf_counter(), time.thread_time()
         try:
             return run_stage(stage, records)
         finally:
-            if hasattr(stage, "plan_batches"):
+            if isinstance(stage, BatchedStage):
                 spans.append((threading.get_ident(), started, time.perf_counter(), time.thread_time() - cpu))
 
     def traced_execute(*a, **k):
@@ -88,7 +89,7 @@ def main() -> None:
         finally:
             marks["end"], marks["cpu"] = time.perf_counter(), time.process_time() - marks["cpu"]
 
-    graph._run_stage, graph._execute_batches = traced_stage, traced_execute
+    unit._run_stage, local._stream = traced_stage, traced_execute
     for _ in range(args.repeats):
         spans.clear()
         bench.composer_run(folder, data, args.work, args.threads, [])

@@ -5,22 +5,13 @@
     result.outputs()          # the records of outputs.jsonl
     result.metrics()["throughput"]
 
-`execute_config` is the one place a run happens; the CLI's Hydra job calls it too.
+`execute_config` (composer.run) is the one place a run happens; the CLI's Hydra job calls it too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import logging
-import resource
-import signal
-import sys
-import threading
-import time
-import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,42 +19,22 @@ from omegaconf import OmegaConf
 
 from composer import runstore
 from composer.configuration import compose_config
-from composer.graph import MODEL, ExecutionPolicy, ExecutionStats, Graph, RunAborted, RunInterrupted, execute, plan as plan_graph
-from composer.metrics import latency_summary, quality_accumulator
-from composer.records import canonical_json
-from composer.runlog import RunLog
+from composer.plan import Graph, plan as plan_graph
+from composer.run import (  # noqa: F401 - the API's names for them
+    EXIT_ABORTED,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RECORD_ERRORS,
+    RunResult,
+    _quiet_library_noise,
+    execute_config,
+)
 from composer.schema import ConfigError, validate
 
-EXIT_OK, EXIT_RECORD_ERRORS, EXIT_CONFIG, EXIT_ABORTED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
-
-
-@dataclass
-class RunResult:
-    """A finished (or stopped) run: its folder and how it ended. Everything else is read from disk."""
-
-    run_dir: Path
-    status: str
-    exit_code: int
-
-    @classmethod
-    def load(cls, run_dir: str | Path) -> RunResult:
-        manifest = runstore.read_json(Path(run_dir) / runstore.MANIFEST)
-        return cls(Path(run_dir), manifest["status"], manifest.get("exit_code", EXIT_FAILED))
-
-    def manifest(self) -> dict[str, Any]:
-        return runstore.read_json(self.run_dir / runstore.MANIFEST)
-
-    def metrics(self) -> dict[str, Any]:
-        return runstore.read_json(self.run_dir / runstore.METRICS)
-
-    def outputs(self) -> list[dict[str, Any]]:
-        return runstore.read_jsonl(self.run_dir / runstore.OUTPUTS)
-
-    def errors(self) -> list[dict[str, Any]]:
-        return runstore.read_jsonl(self.run_dir / runstore.ERRORS)
-
-    def config(self) -> dict[str, Any]:
-        return runstore.read_config(self.run_dir)
+__all__ = ["EXIT_ABORTED", "EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_RECORD_ERRORS",
+           "RunResult", "compose", "execute_config", "plan", "resume", "run"]
 
 
 def compose(overrides: Sequence[str] = (), config_path: Path | None = None) -> dict[str, Any]:
@@ -107,13 +78,6 @@ def plan(overrides: Sequence[str] = (), deep: bool = False, config_path: Path | 
     return config, graph
 
 
-def _quiet_library_noise() -> None:
-    """Silence import-time warnings that say nothing about the user's run: torchao reports
-    CUDA kernels and Triton it cannot load on CPU, and torch flags torchao's pytree use."""
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def run(overrides: Sequence[str] = (), run_dir: str | Path | None = None, config_path: Path | None = None) -> RunResult:
     """Compose, check and execute a run; the folder defaults to runs/<name>/<timestamp>."""
     config, cfg, _ = _checked(overrides, config_path)
@@ -139,317 +103,3 @@ def resume(run_dir: str | Path) -> RunResult:
     if issues:
         raise ConfigError(issues)
     return execute_config(config, run_dir, runstore.read_json(run_dir / runstore.MANIFEST).get("overrides", []))
-
-
-def _shows_progress(enabled: bool | None) -> bool:
-    """`progress: null` means a bar only when stderr is a terminal."""
-    from rich.console import Console
-
-    return Console(stderr=True).is_terminal if enabled is None else enabled
-
-
-def _progress(show: bool, total: int | None):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    columns = [TextColumn("[bold]records"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-               TimeElapsedColumn(), TimeRemainingColumn()]
-    progress = Progress(*columns, console=console, disable=not show, transient=False)
-    return progress, progress.add_task("records", total=total, rate="")
-
-
-def _device_facts() -> dict[str, Any]:
-    import torch
-
-    facts: dict[str, Any] = {"cuda_available": torch.cuda.is_available()}
-    if torch.cuda.is_available():
-        facts["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        facts["cuda_version"] = torch.version.cuda
-    return facts
-
-
-_PROC_STATUS, _PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
-
-
-def _reset_peak_memory() -> None:
-    """Make the peaks this run's own. Sweep jobs share a process, and getrusage's ru_maxrss
-    survives fork+exec (a run started by a big process reports that process's peak); Linux
-    resets VmHWM, the peak _peak_memory reads, when "5" is written to clear_refs."""
-    import torch
-
-    try:
-        _PROC_CLEAR_REFS.write_text("5")
-    except OSError:
-        pass  # not Linux, or not allowed: the process-wide peak is reported (rss_source says so)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _peak_memory() -> dict[str, Any]:
-    import torch
-
-    try:
-        hwm = next(line for line in _PROC_STATUS.read_text().splitlines() if line.startswith("VmHWM:"))
-        peak: dict[str, Any] = {"rss_bytes": int(hwm.split()[1]) * 1024, "rss_source": "VmHWM"}
-    except (OSError, StopIteration):
-        peak = {"rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rss_source": "getrusage"}
-    if torch.cuda.is_available():
-        peak["cuda_bytes"] = int(torch.cuda.max_memory_allocated())
-    return peak
-
-
-class _StopRequests:
-    """Ctrl-C / SIGTERM during a run: the first finishes the batches in flight and stops cleanly
-    (manifest `interrupted`, exit 130); a second stops without finishing the window (batches
-    already running on worker threads still finish: a thread cannot be cut off mid-batch)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\ncomposer: stopping after the batches in flight (press Ctrl-C again to stop sooner: "
-              "batches already running still finish)", file=sys.stderr)
-
-    def __enter__(self) -> _StopRequests:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-def _new_manifest(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    from composer.repro import git_state, package_versions, platform_info
-
-    return {
-        "status": "running",
-        "name": config["name"],
-        "task": config["task"],
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "config_sha256": hashlib.sha256(canonical_json(config).encode()).hexdigest(),
-        "overrides": overrides,
-        "seed": config["seed"],
-        "versions": package_versions(),
-        "git": git_state(Path.cwd()),
-        "platform": platform_info(),
-        "attempts": [],
-    }
-
-
-def _attach_cache(graph: Graph, settings: dict[str, Any]) -> Any:
-    """Open the result cache when enabled and hand it to every model stage."""
-    if not settings.get("enabled"):
-        return None
-    from composer.cache import ResultCache
-
-    cache = ResultCache(Path(settings["path"]).expanduser() if settings.get("path") else None)
-    for stage in graph.model_stages():
-        stage.use_cache(cache, graph.upstream_fingerprint(stage.name))
-    return cache
-
-
-def execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str]) -> RunResult:
-    """Run a validated config into `run_dir` (see _execute_config), with the run's log: library
-    warnings once each on stderr, their counts in the manifest (`warnings`), and run.log in
-    the folder ending with the summary that the CLI prints."""
-    with RunLog() as log:
-        return _execute_config(config, run_dir, overrides, log)
-
-
-def _execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str], log: RunLog) -> RunResult:
-    """Run a validated config into `run_dir`, or continue the run already there.
-
-    Config mistakes raise ConfigError, and a folder holding another config's run raises
-    ResumeRefused, before anything loads; every other outcome is recorded in the manifest.
-    An earlier attempt's finished records are skipped by id, so a resumed run's outputs equal
-    an uninterrupted run's.
-    """
-    from composer.allocator import tune_malloc
-    from composer.repro import seed_everything
-    from composer.summary import summary_lines
-    from composer.runtime import set_run_threads, split_threads
-
-    _quiet_library_noise()
-    graph = plan_graph(config, run_dir=str(run_dir), deep=True)
-    cache = _attach_cache(graph, config["cache"])
-    runstore.check_run_folder(run_dir)  # a file, or another program's folder: refused, nothing written
-    run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = runstore.previous_attempt(run_dir, config)
-    graph.source.setup()
-    input_fingerprint = graph.source.data_fingerprint()
-    if manifest is not None:
-        if manifest["status"] in runstore.FINISHED:
-            return RunResult(run_dir, manifest["status"], manifest["exit_code"])
-        if manifest.get("input") not in (None, input_fingerprint):
-            changed = runstore.differences(manifest["input"], input_fingerprint)
-            raise runstore.ResumeRefused(f"the input changed since the run in {run_dir} began: " + "; ".join(changed))
-        for name in (runstore.OUTPUTS, runstore.ERRORS):
-            runstore.repair_torn_tail(run_dir / name)
-        try:
-            skip_ids, damaged = runstore.written_ids(run_dir), None
-        except runstore.RunFolderError as error:  # a damaged line: this attempt fails, saying where
-            skip_ids, damaged = set(), error
-    else:
-        manifest, skip_ids, damaged = _new_manifest(config, overrides), set(), None
-        OmegaConf.save(OmegaConf.create(config), run_dir / runstore.CONFIG)
-    manifest.update(status="running", input=input_fingerprint)
-    attempt: dict[str, Any] = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(), "skipped": len(skip_ids)}
-    manifest["attempts"].append(attempt)
-    runstore.write_json(run_dir / runstore.MANIFEST, manifest)
-    errors = runstore.JsonlAppender(run_dir / runstore.ERRORS)
-    stats = ExecutionStats()
-    status, exit_code, error_info = "failed", EXIT_FAILED, None
-    wall_started = time.perf_counter()
-    try:
-        if damaged is not None:
-            raise damaged
-        _reset_peak_memory()
-        deterministic, show_progress = bool(config.get("deterministic", False)), _shows_progress(config["progress"])
-        seed_everything(config["seed"], deterministic)
-        manifest["deterministic"] = deterministic
-        manifest["device"] = _device_facts()
-        # Without our bar, transformers' own "Loading weights" bars would fill the logs.
-        from transformers.utils import logging as transformers_logging
-
-        if show_progress:
-            transformers_logging.enable_progress_bar()
-        else:
-            transformers_logging.disable_progress_bar()
-        total_threads = set_run_threads(config["threads"])
-        manifest["allocator"] = tune_malloc(bool(config.get("tune_malloc", True)))
-        setup_started = time.perf_counter()
-        for stage in graph.stages()[1:]:
-            stage.setup()
-            if skip_ids and stage.restores_state:
-                stage.restore(runstore.iter_jsonl(run_dir / runstore.OUTPUTS))
-        attempt["setup_seconds"] = time.perf_counter() - setup_started
-        # After setup: whether batches may run side by side depends on where the model loaded.
-        manifest["threads"] = split_threads(total_threads, config["workers"], graph.model_stages())
-        # Again after setup: a model loaded fresh may have drawn random numbers, one reused from
-        # an earlier run in this process (composer.modelpool) did not; sampling must not care.
-        seed_everything(config["seed"], deterministic)
-        total = graph.source.total()
-        progress, task_id = _progress(show_progress, None if total is None else max(total - len(skip_ids), 0))
-        with progress, _StopRequests() as stop:
-            def advance(n: int) -> None:
-                done = progress.tasks[0].completed + n
-                elapsed = max(progress.tasks[0].elapsed or 0.0, 1e-9)
-                progress.update(task_id, completed=done, rate=f"{done / elapsed:.1f}/s")
-
-            policy = ExecutionPolicy(
-                on_error=config["on_error"],
-                max_errors=config["max_errors"],
-                errors_before=runstore.count_lines(run_dir / runstore.ERRORS),
-                skip_ids=skip_ids,
-                should_stop=lambda: stop.requested,
-            )
-            execute(graph, stats, policy, errors.write_many, advance=advance)
-        failed = runstore.count_lines(run_dir / runstore.ERRORS)
-        status = "complete" if failed == 0 else "completed_with_errors"
-        exit_code = EXIT_OK if failed == 0 else EXIT_RECORD_ERRORS
-    except RunAborted as error:
-        status, exit_code, error_info = "aborted", EXIT_ABORTED, {"type": "RunAborted", "message": str(error)}
-    except (RunInterrupted, KeyboardInterrupt) as error:
-        message = str(error) or "interrupted"
-        status, exit_code, error_info = "interrupted", EXIT_INTERRUPTED, {"type": type(error).__name__, "message": message}
-    except Exception as error:  # noqa: BLE001 - recorded in the manifest and reported without a traceback
-        error_info = {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc()}
-    finally:
-        errors.close()
-        if cache is not None:
-            cache.close()
-        manifest["stages"] = {stage.name: _stage_facts(graph, stage) for stage in graph.stages()}
-        for stage in graph.stages():
-            stage.close()
-    attempt.update(
-        finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
-        status=status,
-        records_ok=stats.records_ok,
-        records_failed=stats.records_failed,
-        batches=stats.batches,
-    )
-    runstore.write_json(run_dir / runstore.METRICS, _metrics(graph, stats, run_dir, config))
-    manifest.update(
-        status=status,
-        exit_code=exit_code,
-        finished_at=attempt["finished_at"],
-        counts={
-            "records_in": runstore.count_lines(run_dir / runstore.OUTPUTS) + runstore.count_lines(run_dir / runstore.ERRORS),
-            "records_ok": runstore.count_lines(run_dir / runstore.OUTPUTS),
-            "records_failed": runstore.count_lines(run_dir / runstore.ERRORS),
-            "batches": sum(a.get("batches", 0) for a in manifest["attempts"]),
-        },
-        timings={
-            "wall_seconds": time.perf_counter() - wall_started,
-            "processing_seconds": stats.seconds,
-            "stage_seconds": stats.stage_seconds,
-        },
-        peak_memory=_peak_memory(),
-        error=error_info,
-        warnings=log.messages(),
-    )
-    runstore.write_json(run_dir / runstore.MANIFEST, manifest)
-    log.write(run_dir, summary_lines(run_dir))
-    if (config.get("logger") or {}).get("type", "none") != "none":
-        from composer.mlflow_logger import log_run
-
-        log_run(run_dir, config)
-    return RunResult(run_dir, status, exit_code)
-
-
-def _stage_facts(graph: Graph, stage: Any) -> dict[str, Any]:
-    node = next(n for n in graph.nodes if n.stage is stage)
-    return {
-        "kind": stage.kind,
-        "type": type(stage).__name__,
-        "inputs": node.inputs,
-        "reads": list(stage.reads),
-        "writes": list(stage.writes),
-        "fingerprint": stage.fingerprint(),
-        **stage.describe(),
-    }
-
-
-def _metrics(graph: Graph, stats: ExecutionStats, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """Throughput and latency of this attempt; quality over every record in outputs.jsonl, so a
-    resumed run is scored on all of its records."""
-    seconds = stats.seconds
-    main_model = next(stage for stage in graph.model_stages() if stage.name == MODEL)
-    # Tokens exist where the main model reads text: its tokenizer's count of the inputs it ran.
-    tokens = main_model.input_tokens or None
-    metrics: dict[str, Any] = {
-        "throughput": {
-            "records": stats.records_ok,
-            "seconds": seconds,
-            "records_per_second": stats.records_ok / seconds if seconds > 0 else None,
-            "input_tokens": tokens,
-            "tokens_per_second": tokens / seconds if tokens and seconds > 0 else None,
-        },
-        "models": {
-            stage.name: {"load_seconds": stage.load_seconds, "input_tokens": stage.input_tokens or None,
-                         "latency": latency_summary(stage.batch_seconds)}
-            for stage in graph.model_stages()
-        },
-        "quality": {},
-    }
-    # Gold labels belong to the main task; an extra fan-out model (say, a topic classifier) is
-    # not scored against them.
-    # A postprocessor that turns the model's output into labels (embedding_classify over
-    # feature-extraction) is what the gold labels score, whatever the model's task.
-    labeller = next((n.stage for n in graph.nodes if n.path.startswith("postprocess") and getattr(n.stage, "produces_labels", False)), None)
-    # The metrics are the config's `metrics` (auto: by task, and a labeller makes it classification).
-    quality = quality_accumulator("text-classification" if labeller else main_model.task,
-                                  labeller.writes[0] if labeller else main_model.output_field, config.get("metrics", "auto"))
-    if quality is not None and config["input"].get("label_field"):
-        quality.add(runstore.iter_jsonl(run_dir / runstore.OUTPUTS))
-        if (result := quality.result()) is not None:
-            metrics["quality"][MODEL] = result
-    return metrics

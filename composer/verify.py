@@ -131,7 +131,7 @@ def compare(original: Path, rerun: Path) -> VerifyReport:
 
 def verify(run_dir: Path) -> VerifyReport:
     """Re-execute the run in `run_dir` from its folder alone and compare."""
-    from composer import api
+    from composer.run import execute_config
     from composer.schema import ConfigError, validate
 
     manifest = runstore.read_json(run_dir / runstore.MANIFEST)
@@ -143,5 +143,5 @@ def verify(run_dir: Path) -> VerifyReport:
         raise ConfigError(issues)
     with tempfile.TemporaryDirectory(prefix="composer-verify-") as temporary:
         rerun = Path(temporary) / "run"
-        api.execute_config(config, rerun, manifest.get("overrides", []))
+        execute_config(config, rerun, manifest.get("overrides", []))
         return compare(run_dir, rerun)

@@ -91,8 +91,8 @@ def assert_close(actual, expected, tol: float = 1e-5, where: str = "") -> None:
 
 
 def stop_requested_at(check: int) -> type:
-    """A stand-in for composer.api._StopRequests: Ctrl-C shows up at the `check`-th look the run
-    takes between batches (monkeypatch it over api._StopRequests)."""
+    """A stand-in for composer.run._StopRequests: Ctrl-C shows up at the `check`-th look the run
+    takes between batches (monkeypatch it over composer.run._StopRequests)."""
 
     class StopRequest:
         checks = 0

@@ -127,7 +127,7 @@ def test_batching_settings_are_checked_at_plan_time(overrides, expected):
 def test_a_stop_inside_a_sorted_window_writes_an_input_order_prefix_and_resume_completes_it(tmp_path, monkeypatch):
     reference, _ = _run_texts(tmp_path, "reference", "text-classification", "batch_size=4", "sort_window=0")
 
-    monkeypatch.setattr(api, "_StopRequests", stop_requested_at(5))  # Ctrl-C at the fifth check between batches
+    monkeypatch.setattr("composer.run._StopRequests", stop_requested_at(5))  # Ctrl-C at the fifth check between batches
     data = tmp_path / "input.jsonl"
     overrides = ["experiment=tiny-sentiment", "input=jsonl", f"input.path={data}", "input.id_field=n", "threads=1",
                  "progress=false", "batch_size=4", "sort_window=12"]

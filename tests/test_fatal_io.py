@@ -194,7 +194,7 @@ def test_a_damaged_middle_line_fails_the_resume_naming_it_then_resumes_once_cut(
     """Found by probing: a damaged line in the middle of outputs.jsonl made resume exit 1 with a
     traceback from runstore.written_ids that named no line."""
     with monkeypatch.context() as patch:
-        patch.setattr(api, "_StopRequests", stop_requested_at(5))
+        patch.setattr("composer.run._StopRequests", stop_requested_at(5))
         stopped = api.run([*CONFIG, f"input.path={data}"], run_dir=tmp_path / "run")
     assert stopped.status == "interrupted"
     outputs = stopped.run_dir / "outputs.jsonl"

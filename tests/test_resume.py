@@ -208,7 +208,7 @@ def test_a_stop_inside_a_window_then_resume_keeps_error_lines_in_input_order(tmp
     whole = api.run(config, run_dir=tmp_path / "whole")
     assert whole.status == "completed_with_errors"
     with monkeypatch.context() as patch:
-        patch.setattr(api, "_StopRequests", stop_requested_at(3))  # after the 2nd batch of the 1st window
+        patch.setattr("composer.run._StopRequests", stop_requested_at(3))  # after the 2nd batch of the 1st window
         stopped = api.run(config, run_dir=tmp_path / "run")
     assert stopped.status == "interrupted"
     assert len(stopped.outputs()) < 32

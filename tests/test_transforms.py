@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from composer import api
-from composer.graph import _run_stage
+from composer.executors.unit import _run_stage
 from composer.records import to_jsonable
 from composer.schema import ConfigError
 from composer.stages.post import MapLabels, Rename, Select, Threshold, TopK

@@ -126,7 +126,7 @@ def test_two_workers_share_the_result_cache(tmp_path, model_threads):
 def test_a_stop_with_batches_running_side_by_side_writes_a_prefix_that_resume_completes(tmp_path, monkeypatch):
     reference = _run(tmp_path, "reference", "text-classification", "threads=1", "workers=1", "sort_window=0").outputs()
 
-    monkeypatch.setattr(api, "_StopRequests", stop_requested_at(4))
+    monkeypatch.setattr("composer.run._StopRequests", stop_requested_at(4))
     data = tmp_path / f"input-{len(TEXTS)}.jsonl"
     stopped = api.run(["experiment=tiny-sentiment", "input=jsonl", f"input.path={data}", "input.id_field=n", "progress=false",
                        "batch_size=4", "sort_window=20", "threads=2", "workers=2"], run_dir=tmp_path / "stopped")
@@ -167,7 +167,7 @@ def test_a_stop_drops_the_batches_still_queued_for_the_workers(tmp_path, monkeyp
             return stopped.is_set()
 
     monkeypatch.setattr(PipelineStage, "process", process)
-    monkeypatch.setattr(api, "_StopRequests", StopOnceFourAreIn)
+    monkeypatch.setattr("composer.run._StopRequests", StopOnceFourAreIn)
     data = tmp_path / "input.jsonl"
     write_jsonl(data, [{"n": i, "text": t} for i, t in enumerate(TEXTS)])
     result = api.run(["experiment=tiny-sentiment", "input=jsonl", f"input.path={data}", "input.id_field=n", "progress=false",
@@ -256,7 +256,8 @@ def test_numbers_without_a_fast_isfinite_are_still_made_json():
 def test_windows_hold_enough_batches_for_every_worker():
     """Found in review: with batch_size=64 and 8 workers a 256-record window held 4 batches,
     leaving half of the workers idle; an unsorted window held one batch."""
-    from composer.graph import Graph, Node, _window_for
+    from composer.executors.local import _window_for
+    from composer.plan import Graph, Node
 
     sorting = Node(PipelineStage("model", task="text-classification"), [], "model")
     unsorted = Node(PipelineStage("model", task="text-generation"), [], "model")

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from composer.records import Record
-from composer.stages.base import Stage, require_field, reworded
+from composer.stages.base import ModelStage, Stage, require_field, reworded
 
 AudioFrom = Literal["auto", "path", "url"]
 
@@ -108,8 +108,8 @@ class LoadAudio(Stage):
         if self.sampling_rate is not None:
             return []
         stage = stages.get(self.rate_from)
-        if stage is None or not hasattr(stage, "feature_sampling_rate"):
-            models = [name for name, s in stages.items() if hasattr(s, "feature_sampling_rate")]
+        if not isinstance(stage, ModelStage):
+            models = [name for name, s in stages.items() if isinstance(s, ModelStage)]
             return [ConfigIssue(
                 "rate_from",
                 f"no model stage {self.rate_from!r} to read the sampling rate from (model stages: {', '.join(models) or 'none'})"

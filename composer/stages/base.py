@@ -3,13 +3,19 @@
 Constructors only store configuration and work out which record fields the stage reads and
 writes, so the whole graph can be built and checked (`composer plan`) without loading anything
 heavy; `setup()` does the loading.
+
+Everything the planner, the executors and the run lifecycle ask of a stage is declared here:
+on `Stage` (with defaults) for every stage, on `BatchedStage` for a stage that plans its own
+batches over a window (the executors' side), and on `ModelStage` for a `kind = "model"` stage
+(the plan's checks, the result cache, the run's metrics). The two protocols are checked with
+isinstance (structurally: a class need not name them), never by probing single attributes.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from composer.records import Record, RecordFailure, canonical_json
 
@@ -18,6 +24,12 @@ class Stage:
     """One job in the graph. Subclasses set `reads`/`writes` in `__init__` and implement process."""
 
     kind: ClassVar[str] = "transform"
+    #: Cheap and thread-safe: when it leads the graph (before the first model stage) it runs in
+    #: the prefetch thread, ahead of the model.
+    prefetchable: ClassVar[bool] = False
+    #: Its output is the label the gold labels score (metrics.json's quality), whatever the
+    #: model's task: embedding_classify over feature-extraction.
+    produces_labels: ClassVar[bool] = False
 
     def __init__(self, name: str, params: dict[str, Any]):
         self.name = name
@@ -64,6 +76,76 @@ class Stage:
 
     def close(self) -> None:
         """Release resources; called once at the end of the run, even after a failure."""
+
+
+#: One item of a batch plan: the indices (into the window's records) of one batch, or a round of
+#: batches that run side by side and all finish before the plan is asked for its next item.
+BatchPlanItem = list[int] | tuple[list[int], ...]
+
+
+@runtime_checkable
+class BatchedStage(Protocol):
+    """A stage that batches a window of records its own way (the model stage): what an executor
+    relies on beyond `Stage`. Executors run each planned batch with `process`, isolating
+    failures per record (composer.executors.unit)."""
+
+    name: str
+    #: Orders a window by input length before batching (the window then grows to sort_window).
+    sorts_by_length: bool
+    #: Batches that may run side by side on worker threads (runtime.split_threads sets it after setup).
+    workers: int
+
+    @property
+    def wants_lengths(self) -> bool:
+        """Whether plan_batches uses input lengths (the executor measures them ahead)."""
+
+    def plan_batches(self, records: list[Record], lengths: dict[str, int] | None = None) -> Iterator[BatchPlanItem]:
+        """The batches this window runs in, as indices into `records` (a generator: closed when
+        the window ends early)."""
+
+    def input_lengths(self, records: list[Record]) -> dict[str, int]:
+        """Each record's model input length (by id), measured ahead in the prefetch thread."""
+
+    def prepare(self, records: list[Record]) -> dict[str, int]:
+        """Do the model's preprocessing (tokenizing) for these records ahead, in the prefetch
+        thread; return their input lengths (by id). Called for the first model stage only."""
+
+    def process(self, records: list[Record]) -> list[Record]:
+        """Run one planned batch; raise to fail it (retried record by record)."""
+
+    def batch_failed_alone_ok(self, size: int, error_type: type, message: str) -> None:
+        """A batch of `size` failed with `error_type: message` while each of its records then
+        ran alone without error (the stage may choose smaller batches from now on)."""
+
+    def configured_blocker(self) -> str | None:
+        """Why the config alone says its batches must run one at a time (plan time, no torch), or None."""
+
+    def concurrency_blocker(self) -> str | None:
+        """Why its batches must run one at a time once set up (where the model loaded), or None."""
+
+
+@runtime_checkable
+class ModelStage(BatchedStage, Protocol):
+    """A `kind = "model"` stage: what the planner and the run lifecycle rely on beyond
+    BatchedStage (checks, the result cache, the facts metrics.json reports)."""
+
+    #: The largest of these is the batch the plan assumes for batch_size=auto.
+    PROBE_SIZES: ClassVar[tuple[int, ...]]
+    task: str
+    output_field: str
+    #: Input tokens counted over the records run (tokens/s in metrics.json); 0 when not text.
+    input_tokens: int
+    load_seconds: float | None
+    batch_seconds: list[float]
+
+    def check(self, deep: bool = False) -> list[Any]:
+        """The stage's own config checks as ConfigIssues (`deep`: those that import transformers)."""
+
+    def use_cache(self, cache: Any, upstream_fingerprint: str) -> None:
+        """Serve results from `cache`, keyed beside the fingerprint of the stages upstream."""
+
+    def feature_sampling_rate(self) -> int | None:
+        """The audio rate the model's feature extractor expects (audio stages resample to it)."""
 
 
 class Source(Stage):
