@@ -302,7 +302,7 @@ def test_inputs_are_tokenized_once_ahead_for_chunk_pipelines_and_text_pairs(task
     from transformers import pipeline
 
     from composer.records import to_jsonable
-    from composer.stages.model import TOKENIZED_TOGETHER_TASKS
+    from composer.stages.model.prepared import TOKENIZED_TOGETHER_TASKS
     from composer.testing import tiny_model_path
 
     reference = pipeline(task, model=str(tiny_model_path(task)))

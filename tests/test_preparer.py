@@ -1,4 +1,4 @@
-"""A window's texts tokenized in one call (composer.stages.preparer) give the model exactly the
+"""A window's texts tokenized in one call (composer.stages.model.preparer) give the model exactly the
 inputs the pipeline's own preprocess gives, record by record; anything else falls back to it."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def _pipe(task: str):
 def _assert_like_preprocess(pipe, params: dict, values: dict, prepared: dict) -> None:
     import torch
 
-    from composer.stages.preparer import model_input
+    from composer.stages.model.preparer import model_input
 
     assert set(prepared) == set(values)
     for key, value in values.items():
@@ -34,7 +34,7 @@ def _assert_like_preprocess(pipe, params: dict, values: dict, prepared: dict) ->
 @pytest.mark.parametrize("task", ["text-classification", "feature-extraction"])
 @pytest.mark.parametrize("params", [{}, {"truncation": True}, {"truncation": True, "max_length": 6}])
 def test_a_window_tokenized_together_equals_the_pipelines_own_preprocess(task, params):
-    from composer.stages.preparer import Preparer
+    from composer.stages.model.preparer import Preparer
 
     pipe = _pipe(task)
     preparer = Preparer(pipe, params, chunked=False, together=True)
@@ -56,7 +56,7 @@ def test_a_window_tokenized_together_equals_the_pipelines_own_preprocess(task, p
 def test_padding_to_the_longest_text_tokenizes_record_by_record(padding):
     """Found in review: one call pads every text to the window's longest, a text alone is not
     padded; the old check looked at the first text only, which here is the longest."""
-    from composer.stages.preparer import Preparer
+    from composer.stages.model.preparer import Preparer
 
     pipe = _pipe("feature-extraction")
     values = {"long": TEXTS[5], "short": "ok", "mid": TEXTS[0]}
@@ -68,7 +68,7 @@ def test_padding_to_the_longest_text_tokenizes_record_by_record(padding):
 
 def test_an_empty_text_among_others_is_int64_as_alone():
     """Found in review: an empty row (no special tokens) became float32 through torch.tensor."""
-    from composer.stages.preparer import Preparer
+    from composer.stages.model.preparer import Preparer
 
     pipe = _pipe("text-classification")
     params = {"add_special_tokens": False}
@@ -82,7 +82,7 @@ def test_an_empty_text_among_others_is_int64_as_alone():
 def test_a_preprocess_that_does_more_than_tokenize_turns_tokenizing_together_off(monkeypatch):
     """Should a transformers release add to a task's preprocess, the window's shortest and
     longest records show it, and every record then goes through the pipeline's own preprocess."""
-    from composer.stages.preparer import Preparer
+    from composer.stages.model.preparer import Preparer
 
     pipe = _pipe("text-classification")
     original = type(pipe).preprocess
@@ -104,7 +104,7 @@ def test_overflowing_windows_and_inputs_other_than_text_go_record_by_record():
     """return_overflowing_tokens makes one text several rows; a {text, text_pair} input and an
     input the preprocess refuses are not strings. The refused one is left out: process() meets
     it in its record's own batch and reports it with the record's id."""
-    from composer.stages.preparer import Preparer
+    from composer.stages.model.preparer import Preparer
 
     pipe = _pipe("text-classification")
     params = {"truncation": True, "max_length": 6, "stride": 2, "return_overflowing_tokens": True, "padding": "max_length"}
@@ -126,7 +126,7 @@ def test_a_failure_inside_the_together_path_falls_back_record_by_record(monkeypa
     """Found in review: only the tokenizer call was guarded; a failing conversion or check
     escaped prepare(), so the window was tokenized on the model's thread, and every later
     window tried again."""
-    from composer.stages import preparer as module
+    from composer.stages.model import preparer as module
 
     pipe = _pipe("text-classification")
     preparer = module.Preparer(pipe, {}, chunked=False, together=True)
@@ -143,7 +143,7 @@ BATCH = ["the battery lasts for days", "", "ok", "a broken screen and a slow pho
 
 
 def _rows(pipe, texts: list[str], params: dict | None = None) -> list:
-    from composer.stages.preparer import Preparer, TokenRow
+    from composer.stages.model.preparer import Preparer, TokenRow
 
     preparer = Preparer(pipe, params or {}, chunked=False, together=True)
     prepared = preparer.prepare({str(i): text for i, text in enumerate(texts)})
@@ -164,7 +164,7 @@ def _assert_same_batch(batch: dict, expected: dict) -> None:
 def test_a_batch_of_rows_collates_as_the_pipelines_own_collate(task, side):
     from transformers.pipelines.base import pad_collate_fn
 
-    from composer.stages.preparer import RowCollator
+    from composer.stages.model.preparer import RowCollator
 
     pipe = _pipe(task)
     pipe.tokenizer.padding_side = side
@@ -180,7 +180,7 @@ def test_a_batch_of_rows_collates_as_the_pipelines_own_collate(task, side):
 def test_the_collate_is_checked_until_a_padded_batch_passes(monkeypatch):
     from transformers.pipelines import base
 
-    from composer.stages.preparer import RowCollator
+    from composer.stages.model.preparer import RowCollator
 
     pipe = _pipe("text-classification")
     calls = []
@@ -201,7 +201,7 @@ def test_a_collate_that_differs_hands_every_later_batch_to_the_pipelines_collate
     gets the pipeline's own collate, and so does every later one."""
     from transformers.pipelines import base
 
-    from composer.stages.preparer import RowCollator
+    from composer.stages.model.preparer import RowCollator
 
     pipe = _pipe("text-classification")
     original = base.pad_collate_fn
@@ -223,7 +223,7 @@ def test_a_collate_that_differs_hands_every_later_batch_to_the_pipelines_collate
 
 
 def test_rows_the_collator_does_not_know_go_to_the_pipelines_collate():
-    from composer.stages.preparer import RowCollator, TokenRow
+    from composer.stages.model.preparer import RowCollator, TokenRow
 
     pipe = _pipe("text-classification")
     marked = [TokenRow({"input_ids": [2, 5, 3], "special_tokens_mask": [1, 0, 1]}), TokenRow({"input_ids": [2, 3], "special_tokens_mask": [1, 1]})]
@@ -233,7 +233,7 @@ def test_rows_the_collator_does_not_know_go_to_the_pipelines_collate():
 
 
 def test_a_tokenizer_without_a_pad_token_fails_the_batch_as_the_pipeline_does():
-    from composer.stages.preparer import RowCollator
+    from composer.stages.model.preparer import RowCollator
 
     pipe = _pipe("text-classification")
     rows = _rows(pipe, BATCH)
@@ -250,7 +250,7 @@ def test_an_empty_row_padded_on_the_left_is_left_to_the_pipelines_collate():
     row is all padding, and RowCollator pads it exactly as the pipeline does."""
     from transformers.pipelines.base import pad_collate_fn
 
-    from composer.stages.preparer import RowCollator
+    from composer.stages.model.preparer import RowCollator
 
     pipe = _pipe("text-classification")
     pipe.tokenizer.padding_side = "left"

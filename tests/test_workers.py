@@ -214,7 +214,7 @@ def test_the_tokenizers_own_thread_pool_is_chosen_before_the_first_window(asked,
     texts tokenized together no longer make that call, and the pool stayed on for the run."""
     import os
 
-    from composer.stages.preparer import Preparer
+    from composer.stages.model.preparer import Preparer
 
     seen = []
     original = Preparer.prepare
