@@ -132,7 +132,11 @@ class ModelStage(BatchedStage, Protocol):
     #: The largest of these is the batch the plan assumes for batch_size=auto.
     PROBE_SIZES: ClassVar[tuple[int, ...]]
     task: str
+    #: The record field (or a mapping of pipeline argument -> field) the model reads.
+    input_field: str | dict[str, str]
     output_field: str
+    build_params: dict[str, Any]  # the pipeline's construction arguments (config `pipeline`)
+    call_params: dict[str, Any]  # the arguments of each pipeline call (config `call`)
     #: Input tokens counted over the records run (tokens/s in metrics.json); 0 when not text.
     input_tokens: int
     load_seconds: float | None
