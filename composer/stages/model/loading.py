@@ -54,8 +54,9 @@ def padding_changes_outputs(pipe: Any) -> bool:
 
 
 class ModelLoader:
-    """The model of one stage: resolved once, loaded (or taken from the pool) on request, and
-    what its placement allows."""
+    """The model of one stage: its pipeline's configuration checked without loading it, the
+    model resolved once, loaded (or taken from the pool) on request, and what its placement
+    allows."""
 
     def __init__(self, task: str, model_config: dict[str, Any], quantization: dict[str, Any], build_params: dict[str, Any],
                  onednn_linear: bool) -> None:
@@ -114,16 +115,21 @@ class ModelLoader:
             return "cpu" if device < 0 else f"cuda:{device}"
         return str(device)
 
-    def check(self, deep: bool, prefix: str) -> tuple[list[Any], list[str]]:
-        """The model's part of the stage's checks (PipelineStage.check): with `deep` the
-        quantization backend and its arguments, then that the model can be found (with `deep`
-        pinned: a local folder hashed, a tiny one built) and has weights it may load. Returns
-        the ConfigIssues and the lines describing each check that passed."""
+    def check(self, deep: bool, prefix: str, call_params: dict[str, Any]) -> tuple[list[Any], list[str]]:
+        """The stage's checks (PipelineStage.check) at config keys under `prefix`: the pipeline's
+        build and call parameters, with `deep` the quantization backend and its arguments, then
+        that the model can be found (with `deep` pinned: a local folder hashed, a tiny one
+        built) and has weights it may load. Returns the ConfigIssues and the lines describing
+        each check that passed."""
         from composer.runtime import ModelUnavailable, check_quantization_backend, resolve_model
         from composer.schema import ConfigIssue
+        from composer.taskparams import check_task_params
 
-        issues: list[Any] = []
         checked: list[str] = []
+        issues = check_task_params(self.task, self.build_params, call_params, (f"{prefix}pipeline", f"{prefix}call"))
+        if not issues and (self.build_params or call_params):
+            names = [f"{prefix}pipeline.{n}" for n in self.build_params] + [f"{prefix}call.{n}" for n in call_params]
+            checked.append(f"{', '.join(names)}: accepted by the {self.task} pipeline")
         if deep:
             found = check_quantization_backend(self.quantization, f"{prefix}quantization")
             if not found and self.quantization.get("backend", "none") != "none":

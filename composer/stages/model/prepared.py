@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable
 from typing import Any
 
+from composer.records import Record
 from composer.stages.model.preparer import Preparer, RowCollator, TokenRow, model_input
 
 # Tasks whose preprocess can run ahead in the prefetch thread (PipelineStage.prepare): their
@@ -96,13 +98,21 @@ class PreparedRunner:
                                  self.task in TOKENIZED_TOGETHER_TASKS)
         return self.preparer
 
-    def prepare(self, pipe: Any, workers: int, values: dict[str, Any]) -> dict[str, int]:
-        """Run the pipeline's preprocess for these model inputs (by record id) and keep the
-        results for take(); returns the token lengths of those it measured. A chunk pipeline's
-        non-string input is left to process(): its `__call__` reshapes such input first."""
+    def prepare(self, pipe: Any, workers: int, records: list[Record], read: Callable[[Record], Any]) -> dict[str, int]:
+        """Run the pipeline's preprocess for these records' model inputs (`read` from each) and
+        keep the results for take(); returns the token lengths (by record id) of those it
+        measured. An input that cannot be read, and a chunk pipeline's non-string input (its
+        `__call__` reshapes such input first), are left to process()."""
         preparer = self.preparer or self.start(pipe, workers)
-        if chunked(pipe):
-            values = {key: value for key, value in values.items() if isinstance(value, str)}
+        chunks = chunked(pipe)
+        values: dict[str, Any] = {}
+        for record in records:
+            try:
+                value = read(record)
+            except Exception:  # noqa: BLE001 - process() meets it again, in the record's own batch
+                continue
+            if not chunks or isinstance(value, str):
+                values[str(record["id"])] = value
         lengths: dict[str, int] = {}
         for key, item in preparer.prepare(values).items():
             self._items[key] = (values[key], item)

@@ -132,17 +132,8 @@ class PipelineStage(Stage):
         adds what imports transformers (the quantization backend and its arguments) and pins
         the model (hashing a local folder, building a tiny one), as every run does. Each check
         that passed is described in `self.checked` (`composer plan` lists them)."""
-        from composer.taskparams import check_task_params
-
-        prefix = "" if self.name == "model" else f"stages.{self.name}."
-        self.checked = []
-        issues = check_task_params(self.task, self.build_params, self.call_params, (f"{prefix}pipeline", f"{prefix}call"))
-        if not issues and (self.build_params or self.call_params):
-            names = [f"{prefix}pipeline.{n}" for n in self.build_params] + [f"{prefix}call.{n}" for n in self.call_params]
-            self.checked.append(f"{', '.join(names)}: accepted by the {self.task} pipeline")
-        model_issues, checked = self.loader.check(deep, prefix)
-        self.checked += checked
-        return issues + model_issues
+        issues, self.checked = self.loader.check(deep, "" if self.name == "model" else f"stages.{self.name}.", self.call_params)
+        return issues
 
     def input_lengths(self, records: list[Record]) -> dict[str, int]:
         """Each record's model input length in tokens (by id), for ordering and token budgets.
@@ -172,13 +163,7 @@ class PipelineStage(Stage):
         loop; others are tokenized in process()."""
         if not self._prepares_ahead():
             return self.input_lengths(records)
-        values: dict[str, Any] = {}
-        for record in records:
-            try:
-                values[str(record["id"])] = self._model_input(record)
-            except Exception:  # noqa: BLE001 - process() meets it again, in the record's own batch
-                continue
-        lengths = self.runner.prepare(self.pipe, self.workers, values)
+        lengths = self.runner.prepare(self.pipe, self.workers, records, self._model_input)
         for key, length in lengths.items():
             self.tokens.keep(key, length)
         missing = [r for r in records if str(r["id"]) not in lengths]
