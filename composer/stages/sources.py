@@ -26,7 +26,7 @@ from typing import Any
 
 from composer.records import Record, RecordFailure, canonical_json, content_id
 from composer.repro import sha256_bytes, sha256_file, sha256_tree
-from composer.stages.base import Source, Stage
+from composer.stages.base import ModelStage, Source, Stage
 
 
 # Input that composer read, but that the user should look at (CSV fields spanning lines): a
@@ -210,10 +210,10 @@ def _value_checks(source: RowSource, stages: dict[str, Stage]) -> list[tuple[str
         if stage is source:
             continue
         if field in stage.reads:
-            if stage.kind == "model" and getattr(stage, "input_field", None) == field:
-                info = task_table().tasks.get(str(getattr(stage, "task", "")))
+            if isinstance(stage, ModelStage) and stage.input_field == field:
+                info = task_table().tasks.get(str(stage.task))
                 if info is not None and info.modality == "text":
-                    params = {**getattr(stage, "build_params", {}), **getattr(stage, "call_params", {})}
+                    params = {**stage.build_params, **stage.call_params}
                     checks.append((f"the {info.name} model (stage {stage.name!r}) takes text", _text_input_check(info.name, params)))
             elif isinstance(stage, Normalize) and stage.field == field:
                 checks.append((f"stage {stage.name!r} (normalize) takes text", _text_only))
