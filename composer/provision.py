@@ -32,11 +32,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from composer.repro import sha256_file
-from composer.runtime import ModelUnavailable
 
 MODELS_ENV_VAR = "COMPOSER_MODELS_DIR"
 PROVENANCE_NAME = "composer_provenance.json"
 _CHUNK = 1 << 20
+
+
+class ModelUnavailable(Exception):
+    """The model can be found neither provisioned, locally, in the Hugging Face cache, nor on the
+    Hub. Defined here, below the loader (composer.runtime), which raises it too."""
 
 
 class ProvisionError(Exception):

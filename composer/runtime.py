@@ -15,14 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from composer.provision import ModelUnavailable
 from composer.repro import sha256_tree
 from composer.schema import ConfigIssue, did_you_mean
 
 TINY_PREFIX = "tiny:"
-
-
-class ModelUnavailable(Exception):
-    """The model can be found neither locally, in the Hugging Face cache, nor on the Hub."""
 
 
 @dataclass
