@@ -3,7 +3,7 @@
 `mean_pool` turns the feature-extraction pipeline's token states into one L2-normalised vector
 per record, the sentence-transformers recipe: the mean over the tokens the attention mask keeps,
 then normalisation. A record's `prediction` holds exactly its own tokens, `[1][tokens][hidden]`:
-the model stage cuts batched outputs back to each record's length (PipelineStage._unpadded), so
+the model stage cuts batched outputs back to each record's length (OutputShaper._unpadded), so
 every token in it is a real one and the plain mean *is* the masked mean. The tests check this
 against the recipe computed by hand on a padded batch.
 
