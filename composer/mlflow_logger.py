@@ -30,7 +30,7 @@ def _key(name: str) -> str:
 
 def run_payload(run_dir: Path, config: dict[str, Any]) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
     """(params, metrics, tags) for a run folder, read from the folder alone."""
-    from composer.report import _metric_values, flatten
+    from composer.report import flatten, metric_values
 
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     metrics_path = run_dir / "metrics.json"
@@ -39,7 +39,7 @@ def run_payload(run_dir: Path, config: dict[str, Any]) -> tuple[dict[str, str], 
     for key, value in flatten({k: v for k, v in config.items() if k != "logger"}).items():
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
         params[_key(key)] = text[:_MAX_PARAM]
-    numbers = {_key(k): float(v) for k, v in _metric_values(manifest, metrics).items()}
+    numbers = {_key(k): float(v) for k, v in metric_values(manifest, metrics).items()}
     tags = {
         "composer.status": str(manifest.get("status")),
         "composer.exit_code": str(manifest.get("exit_code")),
