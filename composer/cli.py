@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from composer.runstore import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED
 from composer.schema import ConfigError, ConfigIssue
 
 USAGE = """usage: composer <verb> [options] [overrides...]
@@ -295,7 +296,7 @@ def models_command(argv: Sequence[str]) -> int:
         folder = provision.fetch(args.name, force=args.force, log=lambda message: print(f"composer: {message}", file=sys.stderr))
     except provision.ProvisionError as error:
         print(f"composer: {error}", file=sys.stderr)
-        return 4
+        return EXIT_FAILED
     print(folder)
     return 0
 
@@ -349,12 +350,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if verb not in commands:
         print(f"composer: unknown verb {verb!r}\n\n{USAGE}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     try:
         return commands[verb](rest)
     except KeyboardInterrupt:
         print("composer: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - one clear line; the traceback on request
         if os.environ.get("COMPOSER_DEBUG"):
             raise
@@ -362,4 +363,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else error
         print(f"composer: {verb} failed: {type(error).__name__}: {reason}{where} (COMPOSER_DEBUG=1 shows the traceback)",
               file=sys.stderr)
-        return 4
+        return EXIT_FAILED

@@ -30,7 +30,8 @@ def _key(name: str) -> str:
 
 def run_payload(run_dir: Path, config: dict[str, Any]) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
     """(params, metrics, tags) for a run folder, read from the folder alone."""
-    from composer.report import flatten, metric_values
+    from composer.report import metric_values
+    from composer.runstore import flatten
 
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     metrics_path = run_dir / "metrics.json"
@@ -100,7 +101,9 @@ def log_run(run_dir: Path, config: dict[str, Any]) -> str | None:
         )
         if settings.get("artifacts", True):
             client.log_artifacts(run.info.run_id, str(run_dir))
-        status = "FINISHED" if tags["composer.status"] in ("complete", "completed_with_errors") else "FAILED"
+        from composer.runstore import FINISHED
+
+        status = "FINISHED" if tags["composer.status"] in FINISHED else "FAILED"
         client.set_terminated(run.info.run_id, status=status)
         print(f"mlflow: logged run {run.info.run_id} to {uri} (experiment {name!r})", file=sys.stderr)
         return run.info.run_id

@@ -28,8 +28,7 @@ from composer.metrics import latency_summary, quality_accumulator
 from composer.plan import MODEL, Graph, plan as plan_graph
 from composer.records import canonical_json
 from composer.runlog import RunLog
-
-EXIT_OK, EXIT_RECORD_ERRORS, EXIT_CONFIG, EXIT_ABORTED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+from composer.runstore import EXIT_ABORTED, EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_RECORD_ERRORS  # noqa: F401 - api re-exports
 
 
 @dataclass

@@ -147,6 +147,8 @@ def damaged_line(path: Path, number: int, what: str) -> RunFolderError:
 # a run may be resumed with other values; any other difference means a different run.
 RESUME_IGNORED_KEYS = frozenset({"progress", "threads", "batch_size", "max_errors", "on_error", "cache",
                                  "sort_window", "max_batch_tokens", "prefetch", "workers", "onednn_linear", "tune_malloc"})
+# How a run (or the composer command) ends; README "Exit codes". The manifest records the run's.
+EXIT_OK, EXIT_RECORD_ERRORS, EXIT_CONFIG, EXIT_ABORTED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 FINISHED = ("complete", "completed_with_errors")
 
 
@@ -196,18 +198,25 @@ def check_run_folder(run_dir: Path) -> None:
                             "written into it: choose a new or empty folder with hydra.run.dir=...")
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(value: Any, prefix: str = "", *, lists: bool = False) -> dict[str, Any]:
+    """Nested dicts as {dotted.key: leaf}; empty dicts are leaves, and so are lists unless `lists`
+    asks for their items as key[i] (a config diff then names the exact leaf that changed)."""
     if isinstance(value, dict) and value:
         flat: dict[str, Any] = {}
         for key, item in value.items():
-            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+            flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key), lists=lists))
+        return flat
+    if lists and isinstance(value, list) and value:
+        flat = {}
+        for index, item in enumerate(value):
+            flat.update(flatten(item, f"{prefix}[{index}]", lists=True))
         return flat
     return {prefix: value}
 
 
 def differences(old: dict[str, Any], new: dict[str, Any], ignored: frozenset[str] = frozenset()) -> list[str]:
     """'key: old -> new' for every leaf that differs, ignoring the given top-level keys."""
-    before, after = _flatten(old), _flatten(new)
+    before, after = flatten(old), flatten(new)
     lines = []
     for key in sorted(set(before) | set(after)):
         if key.split(".")[0] in ignored or before.get(key, "<unset>") == after.get(key, "<unset>"):

@@ -17,11 +17,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from composer.runstore import EXIT_CONFIG, EXIT_FAILED, FINISHED, MANIFEST, METRICS
+
 JOB_ERROR = "job_error.json"
-MANIFEST = "manifest.json"
-METRICS = "metrics.json"
-EXIT_CONFIG, EXIT_FAILED = 2, 4
-FINISHED = ("complete", "completed_with_errors")
 
 
 def record_job_error(job_dir: Path, error: BaseException, exit_code: int, overrides: list[str]) -> None:

@@ -22,7 +22,7 @@ pages say), `markdown` and `htmlpage` (the two pages), `writer` (`write_report` 
 
 from __future__ import annotations
 
-from composer.report.rows import Run, find_runs, flatten, metric_values
+from composer.report.rows import Run, find_runs, metric_values
 from composer.report.writer import Report, main, write_report
 
-__all__ = ["Report", "Run", "find_runs", "flatten", "main", "metric_values", "write_report"]
+__all__ = ["Report", "Run", "find_runs", "main", "metric_values", "write_report"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from composer.report.names import MAIN_MODEL, PLOT_FILES, PLOTS
 from composer.report.rows import Run, is_number
-from composer.sweep import FINISHED
+from composer.runstore import FINISHED
 
 # Which quality number the quality-vs-latency plot uses, first found (WER/CER: lower is better).
 PLOT_QUALITY = ("macro_f1", "token_f1", "accuracy", "exact_match", "wer", "cer")

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from composer.report.names import PLOTS
+from composer.runstore import flatten
 from composer.sweep import JOB_ERROR, job_outcome
 
 _SKIP_DIRS = {".hydra", PLOTS, "mlruns", ".git", "__pycache__"}
@@ -89,20 +90,6 @@ def _parse_overrides(items: Iterable[str]) -> dict[str, str]:
     return parsed
 
 
-def flatten(value: Any, prefix: str = "", *, lists: bool = False) -> dict[str, Any]:
-    """Nested dicts as {dotted.key: leaf}; empty dicts are leaves, and so are lists unless `lists`
-    asks for their items as key[i] (a config diff then names the exact leaf that changed)."""
-    if isinstance(value, dict) and value:
-        flat: dict[str, Any] = {}
-        for key, item in value.items():
-            flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key), lists=lists))
-        return flat
-    if lists and isinstance(value, list) and value:
-        flat = {}
-        for index, item in enumerate(value):
-            flat.update(flatten(item, f"{prefix}[{index}]", lists=True))
-        return flat
-    return {prefix: value}
 
 
 def metric_values(manifest: dict, metrics: dict) -> dict[str, Any]:
