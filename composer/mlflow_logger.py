@@ -31,10 +31,10 @@ def _key(name: str) -> str:
 def run_payload(run_dir: Path, config: dict[str, Any]) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
     """(params, metrics, tags) for a run folder, read from the folder alone."""
     from composer.report import metric_values
-    from composer.runstore import flatten
+    from composer.runstore import MANIFEST, METRICS, flatten
 
-    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-    metrics_path = run_dir / "metrics.json"
+    manifest = json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
+    metrics_path = run_dir / METRICS
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
     params = {}
     for key, value in flatten({k: v for k, v in config.items() if k != "logger"}).items():

@@ -16,7 +16,8 @@ from collections import Counter
 from pathlib import Path
 from types import TracebackType
 
-LOG = "run.log"
+from composer.runstore import LOG
+
 _FORMAT = "%(name)s: %(levelname)s: %(message)s"
 
 
@@ -40,7 +41,7 @@ class _OncePerMessage(logging.Handler):
 
 class RunLog:
     """While open, the root logger's warnings go through a once-per-message filter to stderr;
-    `close(run_dir)` appends them, with their counts and the summary, to run.log."""
+    `write(run_dir, summary)` appends them, with their counts and the summary, to run.log."""
 
     def __init__(self) -> None:
         console = logging.StreamHandler(sys.stderr)
@@ -75,6 +76,6 @@ class RunLog:
 
     def write(self, run_dir: Path, summary: list[str]) -> None:
         """Append this attempt's distinct messages (with counts) and the summary to run.log."""
-        messages = [f"{line}" + (f"   [x{count}]" if count > 1 else "") for line, count in self.handler.seen.items()]
+        messages = [line + (f"   [x{count}]" if count > 1 else "") for line, count in self.handler.seen.items()]
         with (run_dir / LOG).open("a", encoding="utf-8") as log:
             log.write("\n".join([*messages, *([""] if messages else []), *summary]) + "\n")

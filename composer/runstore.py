@@ -23,6 +23,7 @@ OUTPUTS = "outputs.jsonl"
 ERRORS = "errors.jsonl"
 METRICS = "metrics.json"
 JOB_ERROR = "job_error.json"  # a sweep job that could not run (composer.sweep)
+LOG = "run.log"  # each library warning once with its count, then the summary (composer.runlog)
 _CHUNK = 1 << 16
 # Space held while a run writes its lines, given back before the closing metrics.json and
 # manifest.json: on a disk that fills up mid-run they still fit, and say `failed` and why.

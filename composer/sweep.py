@@ -17,9 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from composer.runstore import EXIT_CONFIG, EXIT_FAILED, FINISHED, MANIFEST, METRICS
-
-JOB_ERROR = "job_error.json"
+from composer.runstore import EXIT_CONFIG, EXIT_FAILED, FINISHED, JOB_ERROR, MANIFEST, METRICS
 
 
 def record_job_error(job_dir: Path, error: BaseException, exit_code: int, overrides: list[str]) -> None:

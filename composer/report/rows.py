@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 
 from composer.report.names import PLOTS
-from composer.runstore import flatten
-from composer.sweep import JOB_ERROR, job_outcome
+from composer.runstore import JOB_ERROR, MANIFEST, METRICS, flatten
+from composer.sweep import job_outcome
 
 _SKIP_DIRS = {".hydra", PLOTS, "mlruns", ".git", "__pycache__"}
 
@@ -49,7 +49,7 @@ def _natural_key(path: Path) -> list:
 def is_run(path: Path) -> bool:
     """A folder a run or a sweep job left: a manifest, a job error, or at least Hydra's overrides."""
     return path.is_dir() and any(
-        (path / name).exists() for name in ("manifest.json", JOB_ERROR, ".hydra/overrides.yaml")
+        (path / name).exists() for name in (MANIFEST, JOB_ERROR, ".hydra/overrides.yaml")
     )
 
 
@@ -114,7 +114,7 @@ def is_number(value: Any) -> bool:
 
 def load_run(path: Path, label: str) -> Run:
     """Read one run folder; the overrides come from Hydra's file, else the manifest, else job_error.json."""
-    manifest, metrics = _read_json(path / "manifest.json"), _read_json(path / "metrics.json")
+    manifest, metrics = _read_json(path / MANIFEST), _read_json(path / METRICS)
     config = _read_yaml(path / "config.yaml") or _read_yaml(path / ".hydra" / "config.yaml") or {}
     config = {k: v for k, v in config.items() if k != "hydra"} if isinstance(config, dict) else {}
     overrides_list = _read_yaml(path / ".hydra" / "overrides.yaml")
