@@ -10,8 +10,9 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterator
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import yaml
 
@@ -31,6 +32,86 @@ RESERVE = ".composer-reserve"
 _RESERVE_BYTES = 1 << 18
 # os.write, through a name tests can replace to run out of disk space at a chosen byte.
 _write = os.write
+
+
+# How a run (or the composer command) ends; README "Exit codes". The manifest records the run's.
+EXIT_OK, EXIT_RECORD_ERRORS, EXIT_CONFIG, EXIT_ABORTED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+
+class RunStatus(str, Enum):
+    """Every status a run folder can say it is in. A str, so a manifest holds the plain string
+    ("complete"), and a status read back from a file compares equal to its member."""
+
+    # In manifest.json (and each attempt's entry in it):
+    RUNNING = "running"  # started and not finished: still going, or the process died (killed, out of memory)
+    COMPLETE = "complete"  # every record ran (exit 0)
+    COMPLETED_WITH_ERRORS = "completed_with_errors"  # every record ran, some failed (errors.jsonl, exit 1)
+    ABORTED = "aborted"  # on_error=fail or max_errors stopped it (exit 3)
+    INTERRUPTED = "interrupted"  # Ctrl-C / SIGTERM stopped it; resume finishes it (exit 130)
+    FAILED = "failed"  # an exception ended it (manifest `error`, exit 4); also a sweep job's job_error.json
+    # A sweep job without a run (composer.sweep.job_outcome):
+    CONFIG_ERROR = "config_error"  # job_error.json: the job's config was refused (exit 2)
+    MISSING = "missing"  # the job folder holds neither manifest.json nor job_error.json
+    UNKNOWN = "unknown"  # a manifest.json without a status
+
+    def __str__(self) -> str:
+        return self.value  # in messages and f-strings the plain word, on every Python version
+
+
+# The statuses of a run that is over and that resume leaves as it is (compare with `in`).
+FINISHED = (RunStatus.COMPLETE, RunStatus.COMPLETED_WITH_ERRORS)
+
+
+class Attempt(TypedDict, total=False):
+    """One entry of manifest.json's `attempts`: a run and each resume of it add one."""
+
+    started_at: str  # ISO time (UTC) this attempt began
+    skipped: int  # lines (outputs and errors) earlier attempts wrote, not run again
+    setup_seconds: float  # stage setup (model loading) of this attempt
+    finished_at: str  # ISO time (UTC) this attempt ended
+    status: str  # a RunStatus value: how this attempt ended
+    records_ok: int  # records this attempt wrote to outputs.jsonl
+    records_failed: int  # records this attempt wrote to errors.jsonl
+    batches: int  # batches this attempt ran
+
+
+class Manifest(TypedDict, total=False):
+    """manifest.json, every top-level key composer writes, in the order a new run writes them."""
+
+    status: str  # a RunStatus value; "running" until the attempt ends
+    name: str  # the config's experiment name
+    task: str  # the main model's task
+    started_at: str  # ISO time (UTC) of the first attempt
+    config_sha256: str  # sha256 of the resolved config's canonical JSON
+    overrides: list[str]  # the command-line overrides the run was started with
+    seed: int  # the config's seed
+    versions: dict[str, Any]  # python and the packages that change results (repro.package_versions)
+    git: dict[str, Any]  # commit and dirty flag of the working directory's repository, if any
+    platform: dict[str, Any]  # OS, machine and CPU facts (repro.platform_info)
+    attempts: list[Attempt]  # one per attempt, oldest first
+    input: dict[str, Any]  # the source's data fingerprint; resume refuses a changed input
+    deterministic: bool  # whether torch ran with deterministic algorithms
+    device: dict[str, Any]  # CUDA availability, devices and version
+    allocator: dict[str, Any]  # what composer.allocator.tune_malloc set
+    threads: dict[str, Any]  # the thread split between workers and torch (runtime.split_threads)
+    stages: dict[str, dict[str, Any]]  # per stage: kind, type, inputs, reads, writes, fingerprint and its own facts
+    exit_code: int  # how the last attempt ended (EXIT_*)
+    finished_at: str  # ISO time (UTC) the last attempt ended
+    counts: dict[str, int]  # records_in, records_ok, records_failed (from the files) and batches (all attempts)
+    timings: dict[str, Any]  # the last attempt's wall, processing and per-stage seconds
+    peak_memory: dict[str, Any]  # the last attempt's peak RSS (and CUDA) bytes, and where the RSS came from
+    error: dict[str, str] | None  # type, message (and traceback) of what ended the run; None if nothing did
+    warnings: list[dict[str, Any]]  # library warnings of the last attempt, each once with its count (composer.runlog)
+
+
+def read_manifest(run_dir: Path) -> Manifest:
+    """The manifest.json of the run in `run_dir` (OSError when absent, ValueError when not JSON)."""
+    return cast(Manifest, read_json(run_dir / MANIFEST))
+
+
+def write_manifest(run_dir: Path, manifest: Manifest) -> None:
+    """Write the manifest.json of `run_dir` atomically (see write_json); statuses as plain strings."""
+    write_json(run_dir / MANIFEST, cast(dict, manifest))
 
 
 def _hold_reserve(folder: Path) -> None:
@@ -148,9 +229,6 @@ def damaged_line(path: Path, number: int, what: str) -> RunFolderError:
 # a run may be resumed with other values; any other difference means a different run.
 RESUME_IGNORED_KEYS = frozenset({"progress", "threads", "batch_size", "max_errors", "on_error", "cache",
                                  "sort_window", "max_batch_tokens", "prefetch", "workers", "onednn_linear", "tune_malloc"})
-# How a run (or the composer command) ends; README "Exit codes". The manifest records the run's.
-EXIT_OK, EXIT_RECORD_ERRORS, EXIT_CONFIG, EXIT_ABORTED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
-FINISHED = ("complete", "completed_with_errors")
 
 
 class ResumeRefused(Exception):
