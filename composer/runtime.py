@@ -100,11 +100,12 @@ def resolve_model(model_id: str | None, revision: str | None, task: str, fallbac
         revision = revision or default_revision
     if model_id.startswith(TINY_PREFIX):
         from composer.testing import tiny_models
+        from composer.testing.tiny_specs import TINY_MODELS
 
         name = model_id[len(TINY_PREFIX):]
-        if name not in tiny_models.TINY_MODELS:
+        if name not in TINY_MODELS:
             raise ModelUnavailable(f"model.id {model_id!r}: no such tiny test model (known: "
-                                   + ", ".join(TINY_PREFIX + known for known in sorted(tiny_models.TINY_MODELS)) + ")")
+                                   + ", ".join(TINY_PREFIX + known for known in sorted(TINY_MODELS)) + ")")
         note = "OFFLINE TEST MODEL: tiny, randomly initialised, built locally; predictions are noise"
         if not fingerprint:
             return ResolvedModel(requested, "tiny", str(tiny_models.tiny_model_folder(name)), None, None, note)

@@ -1,10 +1,10 @@
 """Builders of the tiny speech and audio models (see tiny_models.py for why tiny models exist).
 
 Each returns the model and the one object saved beside it (processor or feature extractor),
-like tiny_vision's builders. Everything is built offline: the CTC vocabulary is the letters
-themselves, and Whisper's byte-level BPE is trained on the shipped corpus, with Whisper's
-special and timestamp tokens added, so the real pipelines (CTC and seq2seq, timestamps and
-chunking included) run on them.
+like tiny_text's and tiny_vision's builders. Everything is built offline: the CTC vocabulary is
+the letters themselves, and Whisper's byte-level BPE is trained on the shipped corpus (as GPT-2's
+is, by tiny_tokenizers), with Whisper's special and timestamp tokens added, so the real
+pipelines (CTC and seq2seq, timestamps and chunking included) run on them.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from composer.testing.tiny_specs import TinyModelSpec, label_maps, seeded_init
+from composer.testing.tiny_tokenizers import byte_level_bpe, vocab_and_merges
+
 _SAMPLING_RATE = 16_000
 _CTC_SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "|")  # "|" separates words (CTC word timestamps)
-_AUDIO_LABELS = ("speech", "music", "noise")
 _WHISPER_BPE_VOCAB = 600
 _WHISPER_EOT = "<|endoftext|>"
 # The English-only Whisper special tokens, in Whisper's order, then one timestamp token every
@@ -30,7 +32,7 @@ _WHISPER_TIMESTAMPS = tuple(f"<|{i * 0.02:.2f}|>" for i in range(1501))
 _WHISPER_MAX_TOKENS = 24  # random weights never stop on their own; keep generation short
 
 
-def _wav2vec2_config(spec: Any, **extra: Any) -> Any:
+def _wav2vec2_config(spec: TinyModelSpec, **extra: Any) -> Any:
     """wav2vec2-base's seven-layer feature encoder (320 samples a frame) with narrow layers."""
     from transformers import Wav2Vec2Config
 
@@ -49,12 +51,9 @@ def _wav2vec2_features() -> Any:
     )
 
 
-def wav2vec2_ctc(spec: Any) -> tuple[Any, list[Any]]:
+def wav2vec2_ctc(spec: TinyModelSpec) -> tuple[Any, list[Any]]:
     """wav2vec2 CTC speech recognizer over capital letters (the family of facebook/wav2vec2-base-960h)."""
-    import transformers
     from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2Processor
-
-    from composer.testing.tiny_models import _seeded_init
 
     vocab = {token: index for index, token in enumerate((*_CTC_SPECIALS, *string.ascii_uppercase, "'"))}
     with tempfile.TemporaryDirectory() as scratch:  # the tokenizer reads its vocabulary from a file
@@ -63,37 +62,20 @@ def wav2vec2_ctc(spec: Any) -> tuple[Any, list[Any]]:
         tokenizer = Wav2Vec2CTCTokenizer(str(vocab_file))
     processor = Wav2Vec2Processor(feature_extractor=_wav2vec2_features(), tokenizer=tokenizer)
     config = _wav2vec2_config(spec, vocab_size=len(vocab), pad_token_id=vocab["<pad>"])
-    return _seeded_init(spec, getattr(transformers, spec.architecture), config), [processor]
+    return seeded_init(spec, config), [processor]
 
 
-def wav2vec2_classifier(spec: Any) -> tuple[Any, list[Any]]:
+def wav2vec2_classifier(spec: TinyModelSpec) -> tuple[Any, list[Any]]:
     """wav2vec2 audio classifier with speech/music/noise labels (the family of superb/wav2vec2-base-superb-ks)."""
-    import transformers
-
-    from composer.testing.tiny_models import _seeded_init
-
-    labels = {"id2label": dict(enumerate(_AUDIO_LABELS)), "label2id": {name: i for i, name in enumerate(_AUDIO_LABELS)}}
-    config = _wav2vec2_config(spec, classifier_proj_size=16, **labels)
-    return _seeded_init(spec, getattr(transformers, spec.architecture), config), [_wav2vec2_features()]
+    config = _wav2vec2_config(spec, classifier_proj_size=16, **label_maps(spec.labels))
+    return seeded_init(spec, config), [_wav2vec2_features()]
 
 
 def _whisper_tokenizer() -> Any:
     """Byte-level BPE learnt from the corpus, as Whisper's tokenizer with its special tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import WhisperTokenizer
 
-    from composer.testing.tiny_models import _corpus_lines
-
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=_WHISPER_BPE_VOCAB, min_frequency=1, special_tokens=[_WHISPER_EOT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    raw.train_from_iterator(_corpus_lines(), trainer=trainer)
-    state = json.loads(raw.to_str())["model"]
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-    vocab = dict(sorted(state["vocab"].items(), key=lambda kv: kv[1]))
+    vocab, merges = vocab_and_merges(byte_level_bpe(_WHISPER_BPE_VOCAB, _WHISPER_EOT))
     # pad_token as openai/whisper-* set it: without one the pipeline refuses to batch.
     tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, model_max_length=448, pad_token=_WHISPER_EOT)
     tokenizer.add_special_tokens({"additional_special_tokens": list(_WHISPER_SPECIALS)})
@@ -101,12 +83,10 @@ def _whisper_tokenizer() -> Any:
     return tokenizer
 
 
-def whisper(spec: Any) -> tuple[Any, list[Any]]:
+def whisper(spec: TinyModelSpec) -> tuple[Any, list[Any]]:
     """English-only Whisper (the family of openai/whisper-small): log-mel features, 30 s windows."""
     import transformers
     from transformers import GenerationConfig, WhisperFeatureExtractor, WhisperProcessor
-
-    from composer.testing.tiny_models import _seeded_init
 
     tokenizer = _whisper_tokenizer()
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (_WHISPER_EOT, *_WHISPER_SPECIALS)}
@@ -120,7 +100,7 @@ def whisper(spec: Any) -> tuple[Any, list[Any]]:
         pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=start,
         begin_suppress_tokens=None, suppress_tokens=None,
     )
-    model = _seeded_init(spec, getattr(transformers, spec.architecture), config)
+    model = seeded_init(spec, config)
     model.generation_config = GenerationConfig(
         decoder_start_token_id=start, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
         no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=False, max_length=_WHISPER_MAX_TOKENS,

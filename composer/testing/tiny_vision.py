@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from composer.testing.tiny_specs import TinyModelSpec, label_maps, seeded_init
+from composer.testing.tiny_tokenizers import MAX_POSITIONS, bert_tokenizer, gpt2_tokenizer
+
 _IMAGE_SIZE = 32
-_IMAGE_LABELS = ("cat", "dog", "bird")
 _IMAGE_TOKEN = "<image>"
 # A minimal chat template (role: content lines, images as <image>), enough for the
 # image-text-to-text pipeline's chat input and for plain "<image> question" prompts.
@@ -24,41 +26,33 @@ _CHAT_TEMPLATE = (
 )
 
 
-def _labels(names: tuple[str, ...]) -> dict[str, Any]:
-    return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
-
-
-def vit(spec: Any) -> tuple[Any, list[Any]]:
+def vit(spec: TinyModelSpec) -> tuple[Any, list[Any]]:
     """ViT image classifier on 32x32 images (the family of google/vit-base-patch16-224)."""
     import transformers
 
-    from composer.testing.tiny_models import _seeded_init
-
     config = transformers.ViTConfig(
         image_size=_IMAGE_SIZE, patch_size=8, hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads, intermediate_size=spec.intermediate_size, **_labels(_IMAGE_LABELS),
+        num_attention_heads=spec.num_heads, intermediate_size=spec.intermediate_size, **label_maps(spec.labels),
     )
     processor = transformers.ViTImageProcessorPil(size={"height": _IMAGE_SIZE, "width": _IMAGE_SIZE})
-    return _seeded_init(spec, getattr(transformers, spec.architecture), config), [processor]
+    return seeded_init(spec, config), [processor]
 
 
-def yolos(spec: Any) -> tuple[Any, list[Any]]:
+def yolos(spec: TinyModelSpec) -> tuple[Any, list[Any]]:
     """YOLOS object detector (a ViT with detection tokens, DETR's heads and post-processing), the
     family of hustvl/yolos-tiny: pure transformers, where DETR's ResNet backbone needs timm."""
     import transformers
 
-    from composer.testing.tiny_models import _seeded_init
-
     config = transformers.YolosConfig(
         image_size=[_IMAGE_SIZE, _IMAGE_SIZE], patch_size=8, hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads, intermediate_size=spec.intermediate_size, num_detection_tokens=5,
-        **_labels(_IMAGE_LABELS),
+        **label_maps(spec.labels),
     )
     processor = transformers.YolosImageProcessorPil(size={"shortest_edge": _IMAGE_SIZE, "longest_edge": 2 * _IMAGE_SIZE})
-    return _seeded_init(spec, getattr(transformers, spec.architecture), config), [processor]
+    return seeded_init(spec, config), [processor]
 
 
-def layoutlm(spec: Any) -> tuple[Any, list[Any]]:
+def layoutlm(spec: TinyModelSpec) -> tuple[Any, list[Any]]:
     """LayoutLM (v1) extractive document QA, the family of impira/layoutlm-document-qa.
 
     v1 reads words and boxes only (no pixels), so it needs no image processor: the pipeline
@@ -66,24 +60,20 @@ def layoutlm(spec: Any) -> tuple[Any, list[Any]]:
     """
     import transformers
 
-    from composer.testing.tiny_models import _MAX_POSITIONS, _bert_tokenizer, _seeded_init
-
-    tokenizer = _bert_tokenizer()
+    tokenizer = bert_tokenizer()
     config = transformers.LayoutLMConfig(
         vocab_size=len(tokenizer), hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads, intermediate_size=spec.intermediate_size,
-        max_position_embeddings=_MAX_POSITIONS, pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=MAX_POSITIONS, pad_token_id=tokenizer.pad_token_id,
     )
-    return _seeded_init(spec, getattr(transformers, spec.architecture), config), [tokenizer]
+    return seeded_init(spec, config), [tokenizer]
 
 
-def llava(spec: Any) -> tuple[Any, list[Any]]:
+def llava(spec: TinyModelSpec) -> tuple[Any, list[Any]]:
     """LLaVA (CLIP vision tower + Llama decoder) for image-text-to-text, GPT-2 style tokenizer."""
     import transformers
 
-    from composer.testing.tiny_models import _MAX_POSITIONS, _gpt2_tokenizer, _seeded_init
-
-    tokenizer = _gpt2_tokenizer()
+    tokenizer = gpt2_tokenizer()
     tokenizer.add_tokens([_IMAGE_TOKEN], special_tokens=True)
     tokenizer.chat_template = _CHAT_TEMPLATE
     eos = tokenizer.eos_token_id
@@ -94,13 +84,13 @@ def llava(spec: Any) -> tuple[Any, list[Any]]:
     text = transformers.LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
-        max_position_embeddings=_MAX_POSITIONS, pad_token_id=eos, bos_token_id=eos, eos_token_id=eos,
+        max_position_embeddings=MAX_POSITIONS, pad_token_id=eos, bos_token_id=eos, eos_token_id=eos,
     )
     config = transformers.LlavaConfig(
         vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(_IMAGE_TOKEN),
         vision_feature_layer=-1, vision_feature_select_strategy="default", image_seq_length=(_IMAGE_SIZE // 8) ** 2,
     )
-    model = _seeded_init(spec, getattr(transformers, spec.architecture), config)
+    model = seeded_init(spec, config)
     model.generation_config = transformers.GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
     image_processor = transformers.CLIPImageProcessorPil(
         size={"shortest_edge": _IMAGE_SIZE}, crop_size={"height": _IMAGE_SIZE, "width": _IMAGE_SIZE}
