@@ -101,7 +101,7 @@ def _hydra_job(cfg) -> float | None:
     from composer import api
     from composer.configuration import resolve
     from composer.runstore import ResumeRefused
-    from composer.schema import validate
+    from composer.validation import validate
 
     hydra_cfg = HydraConfig.get()
     job_dir, task_overrides = Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task)

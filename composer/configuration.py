@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from composer.schema import ConfigIssue, did_you_mean
+from composer.schema import DEFAULTS_NODE, ConfigIssue, defaults, did_you_mean, prune_input
 
 CONFIG_NAME = "config"
 # Mappings that are open by design: their keys are the task's or a backend's own parameters, so
@@ -44,6 +44,17 @@ def data_path(relative: str) -> str:
 
 
 OmegaConf.register_new_resolver("composer_data", data_path, replace=True)
+
+
+def register_defaults() -> None:
+    """Put the schema's defaults in Hydra's ConfigStore as the node config.yaml composes first.
+    Hydra hands the ConfigStore to the processes of its launchers (joblib, submitit, ray)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=DEFAULTS_NODE, node=defaults(composed=True))
+
+
+register_defaults()
 
 
 def open_mapping_overrides(overrides: list[str]) -> list[str]:
@@ -84,7 +95,8 @@ def _unset_missing(node: Any) -> Any:
 
 
 def resolve(cfg: DictConfig) -> tuple[dict[str, Any] | None, list[ConfigIssue]]:
-    """The config as plain Python with interpolations resolved and `hydra` left out."""
+    """The config as plain Python with interpolations resolved, `hydra` left out, and the input
+    keys its input type does not read dropped while they hold their default (schema.prune_input)."""
     from omegaconf.errors import OmegaConfBaseException
 
     issues = [
@@ -98,7 +110,7 @@ def resolve(cfg: DictConfig) -> tuple[dict[str, Any] | None, list[ConfigIssue]]:
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", "") or ""
         return None, issues + [ConfigIssue(key, f"cannot resolve: {str(error).splitlines()[0]}")]
-    return _unset_missing(plain), issues
+    return prune_input(_unset_missing(plain)), issues
 
 
 def _group_options(group: str) -> list[str]:

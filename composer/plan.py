@@ -166,7 +166,7 @@ def _spec_stage(spec: Any, path: str, default_name: str, allow_any_target: bool)
 
 
 def _model_spec_issues(spec: dict, path: str) -> list[ConfigIssue]:
-    from composer.schema import check_model, check_quantization, check_task
+    from composer.validation import check_model, check_quantization, check_task
 
     issues = check_task(spec.get("task"), f"{path}.task")
     if "model" in spec:

@@ -28,6 +28,7 @@ from composer.metrics import latency_summary, quality_accumulator
 from composer.plan import MODEL, Graph, plan as plan_graph
 from composer.records import canonical_json
 from composer.runlog import RunLog
+from composer.schema import OUTPUT_NEUTRAL_KEYS, with_defaults
 from composer.runstore import EXIT_ABORTED, EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_RECORD_ERRORS  # noqa: F401 - api re-exports
 
 
@@ -86,7 +87,7 @@ def _execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str],
     cache = _attach_cache(graph, config["cache"])
     runstore.check_run_folder(run_dir)  # a file, or another program's folder: refused, nothing written
     run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = runstore.previous_attempt(run_dir, config)
+    manifest = runstore.previous_attempt(run_dir, config, OUTPUT_NEUTRAL_KEYS, with_defaults)
     graph.source.setup()
     input_fingerprint = graph.source.data_fingerprint()
     if manifest is not None:

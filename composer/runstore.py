@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -225,12 +225,6 @@ def damaged_line(path: Path, number: int, what: str) -> RunFolderError:
     )
 
 
-# Settings that never change a record's output (DESIGN.md: batching does not change outputs), so
-# a run may be resumed with other values; any other difference means a different run.
-RESUME_IGNORED_KEYS = frozenset({"progress", "threads", "batch_size", "max_errors", "on_error", "cache",
-                                 "sort_window", "max_batch_tokens", "prefetch", "workers", "onednn_linear", "tune_malloc"})
-
-
 class ResumeRefused(Exception):
     """The folder holds a run that this config cannot continue."""
 
@@ -384,15 +378,19 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     return yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
 
 
-def previous_attempt(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+def previous_attempt(run_dir: Path, config: dict[str, Any], neutral: frozenset[str],
+                     normalize: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any] | None:
     """The manifest of an earlier attempt in this folder, if it may be continued with `config`.
 
+    `neutral` names the settings that never change a record's output (schema.OUTPUT_NEUTRAL_KEYS):
+    they may differ. Both configs are compared after `normalize` (schema.with_defaults), so a
+    folder written by a version that stated more or fewer defaults still resumes.
     Raises ResumeRefused naming every setting that changed since then.
     """
     if not (run_dir / MANIFEST).exists():
         return None
     manifest = read_json(run_dir / MANIFEST)
-    changed = differences(read_config(run_dir), config, RESUME_IGNORED_KEYS)
+    changed = differences(normalize(read_config(run_dir)), normalize(config), neutral)
     if changed:
         listing = "\n".join(f"  - {line}" for line in changed)
         raise ResumeRefused(

@@ -1,43 +1,64 @@
-"""The config contract: typed dataclasses, and a validator that reports every mistake at once.
+"""The config contract: typed dataclasses that hold every default, and the check of a composed
+config against them (validation.py adds the checks beyond keys and types).
 
-Why not OmegaConf structured configs as the base of `config.yaml`: OmegaConf raises on the first
-bad key or type, without a did-you-mean, while users fix configs fastest when they see all
-mistakes together, each with its key path (torchtune's `config/_validate.py` does the same).
-So configs compose as plain YAML and this module checks the composed result against the
-dataclasses below. Nothing here imports torch or transformers: `composer plan` runs this.
+The dataclasses are the one source of defaults: `defaults()` turns them into the plain
+`composer_defaults` node that `configs/config.yaml` composes first, so the files under
+`configs/` state only what differs. Why a plain node and not an OmegaConf structured config:
+OmegaConf raises on the first bad key or type, without a did-you-mean, while users fix configs
+fastest when they see all mistakes together, each with its key path (torchtune's
+`config/_validate.py` does the same). So configs compose as plain YAML and `check_against`
+checks the result. Field metadata says which settings never change a record's output
+(`output_neutral`) and which input keys only some input types read (`inputs`). Nothing here
+imports torch or transformers: `composer plan` runs this.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
 import types
 import typing
 import dataclasses
 from dataclasses import MISSING, dataclass, fields, is_dataclass
-from pathlib import Path
 from typing import Any, Literal, Union
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 InputType = Literal["inline", "jsonl", "csv", "parquet", "dataset", "folder"]
 QuantBackend = Literal["none", "bitsandbytes", "torchao"]
-DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
-_DEVICE_PATTERN = re.compile(r"^(cpu|mps|meta|(cuda|xpu|npu|hpu)(:\d+)?)$")
-_FILE_INPUTS = ("jsonl", "csv", "parquet")
+# The name configs/config.yaml lists first in its defaults, registered by configuration.py.
+DEFAULTS_NODE = "composer_defaults"
+
+
+def _field(default: Any = MISSING, *, factory: Any = MISSING, **metadata: Any) -> Any:
+    return dataclasses.field(default=default, default_factory=factory, metadata=metadata)
+
+
+def neutral(default: Any = MISSING, *, factory: Any = MISSING) -> Any:
+    """A setting that never changes a record's output (batching, threads, progress, the error
+    policy): a run may be resumed with another value (runstore.previous_attempt)."""
+    return _field(default, factory=factory, output_neutral=True)
+
+
+def only_for(*input_types: str, default: Any = MISSING, factory: Any = MISSING) -> Any:
+    """An input key that only the named input types read; for the others it is left out of the
+    resolved config while it holds its default (and named as unknown when set)."""
+    return _field(default, factory=factory, inputs=input_types)
+
+
+_READERS = ("jsonl", "csv", "parquet", "dataset", "folder")
 
 
 @dataclass
 class ModelConfig:
     """Which weights to load and how (`model=<file in configs/model/>` or `model.<key>=`)."""
 
-    id: str | None = None  # hub id, local directory, or `tiny:<name>` (offline test model)
-    revision: str | None = None
+    id: str | None = None  # hub id, local directory, or `tiny:<name>` (offline test model); null: the task's default
+    revision: str | None = None  # a branch, tag or commit sha; the manifest records the sha used
     dtype: DType = "auto"
-    device: str | int | None = None
-    device_map: str | dict | None = None
-    trust_remote_code: bool = False
-    tokenizer: str | None = None
-    model_kwargs: dict = dataclasses.field(default_factory=dict)
+    device: str | int | None = None  # cpu | cuda | cuda:N | mps (null: cpu, or where device_map puts it)
+    device_map: str | dict | None = None  # auto (accelerate places layers) | balanced | sequential | {module: device}
+    trust_remote_code: bool = False  # never run model code from the Hub unless this is set
+    tokenizer: str | None = None  # a different tokenizer id or folder
+    model_kwargs: dict = dataclasses.field(default_factory=dict)  # extra from_pretrained() keyword arguments
     # A model id to run, with a notice in the run, when this one can be found nowhere (neither
     # provisioned, local, cached nor on the Hub); the default experiment uses a tiny offline model.
     fallback: str | None = None
@@ -56,24 +77,27 @@ class QuantizationConfig:
 
 @dataclass
 class InputConfig:
-    """Where records come from (`input=inline|jsonl|csv|parquet|dataset`)."""
+    """Where records come from (`input=<file in configs/input/>`, `input.type=...`)."""
 
     type: InputType = "inline"
-    path: str | None = None  # file, or for `dataset` the load_dataset path (local dir or hub name)
-    field: str = "text"  # column holding the model input
-    id_field: str | None = None  # column holding a stable record id; else a content hash
+    # File or folder; for `dataset` the load_dataset path. Not in the composed defaults: the input
+    # files mark it required (???), which a default would hide (OmegaConf's merge keeps a value over ???).
+    path: str | None = _field(None, inputs=_READERS, composed=False)
+    field: str = "text"  # column holding the model input (folder: the field holding the file path)
+    id_field: str | None = None  # column holding a stable record id; else a content hash (folder: the relative path)
     label_field: str | None = None  # column holding the gold label, for quality metrics
-    limit: int | None = None
-    keep: list[str] = dataclasses.field(default_factory=list)  # extra columns carried into the records
-    records: list | None = None  # inline: strings or dicts
-    delimiter: str = ","  # csv: one character, or `tab` (a tab cannot be written in an override)
-    subset: str | None = None  # dataset: config (subset) name
-    split: str = "train"  # dataset
-    data_files: Any = None  # dataset
-    streaming: bool = True  # dataset: iterate without loading the whole set
-    decode: bool = True  # dataset: false leaves image/audio columns undecoded for a load stage (bad files fail per record)
-    extensions: list[str] | None = None  # folder: file extensions to read (null: every file)
-    recursive: bool = True  # folder: include subfolders
+    limit: int | None = None  # stop after this many records
+    keep: list[str] = dataclasses.field(default_factory=list)  # extra columns carried into outputs.jsonl
+    records: list | None = only_for("inline", default=None)  # strings or dicts
+    delimiter: str = only_for("csv", default=",")  # one character, or `tab` (a tab cannot be written in an override)
+    subset: str | None = only_for("dataset", default=None)  # config (subset) name
+    split: str = only_for("dataset", default="train")
+    data_files: Any = only_for("dataset", default=None)  # e.g. {train: data/*.jsonl} for path=json
+    streaming: bool = only_for("dataset", default=True)  # iterate without loading the whole set
+    # false leaves image/audio columns undecoded for a load stage (bad files fail per record)
+    decode: bool = only_for("dataset", default=True)
+    extensions: list[str] | None = only_for("folder", default=None)  # file extensions to read (null: every file)
+    recursive: bool = only_for("folder", default=True)  # include subfolders
 
 
 @dataclass
@@ -85,7 +109,7 @@ class LoggerConfig:
     experiment: str | None = None  # null: the run's name
     run_name: str | None = None  # null: the run folder's name (the job number in a sweep)
     artifacts: bool = True  # log the run folder's files as artifacts
-    tags: dict = dataclasses.field(default_factory=dict)
+    tags: dict = dataclasses.field(default_factory=dict)  # extra tags, e.g. {team: nlp}
 
 
 @dataclass
@@ -98,47 +122,106 @@ class CacheConfig:
 
 @dataclass
 class ComposerConfig:
-    """The whole run: one model stage fed by one source, with optional transforms and stages."""
+    """The whole run: one model stage fed by one source, with optional transforms and stages.
 
-    name: str = "run"
-    task: str | None = None
+    These defaults are the base every experiment starts from (`experiment=base`): a
+    text-classification job whose model and input come from config.yaml's defaults list.
+    """
+
+    name: str = "${task}"  # runs go to ${runs_root}/${name}/<timestamp>
+    task: str | None = "text-classification"  # any transformers pipeline task or alias
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     quantization: QuantizationConfig = dataclasses.field(default_factory=QuantizationConfig)
     input: InputConfig = dataclasses.field(default_factory=InputConfig)
-    pipeline: dict = dataclasses.field(default_factory=dict)  # task parameters given once, at build time
-    call: dict = dataclasses.field(default_factory=dict)  # task parameters given on every call (win over `pipeline`)
-    model_input: str | dict | None = None  # field (or argument->field mapping) fed to the model
-    model_output: str = "prediction"
-    preprocess: list = dataclasses.field(default_factory=list)
-    postprocess: list = dataclasses.field(default_factory=list)
-    stages: dict = dataclasses.field(default_factory=dict)  # extra named stages, e.g. a second model (fan-out)
-    batch_size: int | Literal["auto"] = 8  # auto: by measured throughput on CPU, largest that fits on CUDA
-    # Records read ahead and ordered by token length before batching, then written back in input
-    # order: auto = 256 for tasks whose outputs do not depend on batch-mates, else off; 0 = off.
-    sort_window: int | Literal["auto"] = "auto"
-    max_batch_tokens: int | None = None  # cap on padded tokens (longest x count) per batch
-    prefetch: int = 1  # windows read and preprocessed ahead in a background thread (0: none)
-    threads: int | None = None  # CPU threads for the run (None: torch's default, one per core)
-    # Model batches run side by side on CPU, splitting `threads` (auto: one per thread when every
-    # model stage allows it; see runtime.split_threads).
-    workers: int | Literal["auto"] = "auto"
-    # CPU, fp32, encoder tasks: linear layers run through oneDNN with weights packed once
-    # (runtime.onednn_linear); outputs change only in float rounding.
-    onednn_linear: bool = True
-    # glibc malloc keeps freed activations for the next batch instead of returning them to the
-    # kernel (composer.allocator); process-wide once set.
-    tune_malloc: bool = True
+    pipeline: dict = dataclasses.field(default_factory=dict)  # task parameters given once, at build time (pipeline.top_k=2)
+    call: dict = dataclasses.field(default_factory=dict)  # task parameters given on every call; they win over `pipeline`
+    model_input: str | dict | None = None  # record field the model reads (null: input.field), or {arg: field}
+    model_output: str = "prediction"  # record field the model's output is written to
+    preprocess: list = dataclasses.field(default_factory=list)  # transforms before the model, e.g. [{type: template, ...}]
+    postprocess: list = dataclasses.field(default_factory=list)  # transforms after the model, e.g. [{type: top_k, k: 1}]
+    stages: dict = dataclasses.field(default_factory=dict)  # extra named stages, e.g. a second model reading `source` (fan-out)
+    # Records per batch, or auto (CPU: picked by measured throughput on the first window, recorded
+    # in the manifest; CUDA: the largest batch that fits).
+    batch_size: int | Literal["auto"] = neutral(8)
+    # Records read ahead and ordered by token length before batching, then written in input order
+    # (same outputs, less padding). auto: 256 records (or 8 batches per worker if more) for tasks
+    # whose outputs do not depend on batch-mates (classification, NER, fill-mask, embeddings,
+    # zero-shot), off for generation; 0: off; N: on, N records.
+    sort_window: int | Literal["auto"] = neutral("auto")
+    max_batch_tokens: int | None = neutral(None)  # also cap a batch at this many padded tokens (longest x records)
+    prefetch: int = neutral(1)  # windows read, preprocessed and tokenized ahead in a background thread (0: off)
+    threads: int | None = neutral(None)  # CPU threads the run uses (null: torch's default, one per core)
+    # Model batches run side by side on CPU, splitting `threads` between them (auto: one per
+    # thread, at most 8, for tasks whose outputs do not depend on batch-mates, on CPU,
+    # unquantized; else 1; runtime.split_threads). Recorded in the manifest.
+    workers: int | Literal["auto"] = neutral("auto")
+    # CPU, fp32, encoder tasks: linear layers through oneDNN with weights packed once
+    # (runtime.onednn_linear; x1.38 on a small BERT); outputs differ only in float rounding.
+    onednn_linear: bool = neutral(True)
+    # glibc malloc reuses freed activations instead of page-faulting them back in (composer.allocator;
+    # 5-10% on a small model on CPU; each thread's heap may keep up to 64 MiB free); process-wide
+    # once set; recorded in the manifest (allocator).
+    tune_malloc: bool = neutral(True)
     seed: int = 0
-    deterministic: bool = False  # torch.use_deterministic_algorithms: fail rather than vary
-    on_error: Literal["skip", "fail"] = "skip"
-    max_errors: int | None = None
-    progress: bool | None = None  # None: a bar when stderr is a terminal
-    allow_any_target: bool = False
+    deterministic: bool = False  # torch.use_deterministic_algorithms: fail rather than vary; recorded
+    on_error: Literal["skip", "fail"] = neutral("skip")  # skip: a bad record goes to errors.jsonl; fail: stop the run
+    max_errors: int | None = neutral(None)  # stop once this many records failed
+    progress: bool | None = neutral(None)  # null: a progress bar when stderr is a terminal
+    allow_any_target: bool = False  # allow `_target_` outside composer's own stages
     runs_root: str = "runs"
-    cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)
-    metrics: str | list = "auto"  # quality metrics when labels exist: auto (by task) or names (METRIC_NAMES)
-    objective: str | None = None  # dotted path in metrics.json a sweeper optimises, e.g. quality.model.macro_f1
-    logger: LoggerConfig = dataclasses.field(default_factory=LoggerConfig)
+    cache: CacheConfig = neutral(factory=CacheConfig)  # cache=on reuses model outputs across runs and sweep jobs
+    # Quality metrics when the input has labels: auto (by task) or a list of accuracy, macro_f1,
+    # per_class, exact_match, token_f1, wer, cer (metrics.METRIC_NAMES).
+    metrics: str | list = "auto"
+    # The metrics.json path a sweeper optimises (hydra/sweeper=optuna), e.g. quality.model.macro_f1.
+    objective: str | None = None
+    logger: LoggerConfig = dataclasses.field(default_factory=LoggerConfig)  # logger=mlflow logs every finished run
+
+
+# Settings a run may be resumed with other values of: they never change a record's output.
+OUTPUT_NEUTRAL_KEYS = frozenset(f.name for f in fields(ComposerConfig) if f.metadata.get("output_neutral"))
+
+
+def defaults(composed: bool = False) -> dict[str, Any]:
+    """Every default as a plain mapping; `composed`: the `composer_defaults` node config.yaml
+    starts from, which leaves out the fields marked `composed=False`."""
+    values = dataclasses.asdict(ComposerConfig())
+    if composed:
+        hints = typing.get_type_hints(ComposerConfig)
+        for name, tp in hints.items():
+            if is_dataclass(tp):
+                values[name] = {f.name: values[name][f.name] for f in fields(tp) if f.metadata.get("composed", True)}
+    return values
+
+
+def _input_reads(key: str, input_type: Any) -> bool:
+    """Whether an input of `input_type` reads `key` (keys without `inputs` metadata: every type)."""
+    types_ = {f.name: f.metadata.get("inputs") for f in fields(InputConfig)}.get(key)
+    return types_ is None or input_type in types_
+
+
+def prune_input(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` without the input keys its input type does not read while they hold their
+    default, so the resolved config and the source's arguments hold only what applies; a key set
+    to another value stays, for the plan to name as not read by that input type."""
+    inp = config.get("input")
+    if not isinstance(inp, dict):
+        return config
+    default = dataclasses.asdict(InputConfig())
+    kept = {k: v for k, v in inp.items() if _input_reads(k, inp.get("type")) or k not in default or v != default[k]}
+    return {**config, "input": kept}
+
+
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with every default it leaves out filled in (pruned as resolved configs are), so
+    configs written by versions that stated more or fewer defaults compare by meaning."""
+
+    def fill(value: Any, base: Any) -> Any:
+        if isinstance(value, dict) and isinstance(base, dict) and base:
+            return {**base, **{k: fill(v, base.get(k)) for k, v in value.items()}}
+        return value
+
+    return prune_input(fill(config, defaults()))
 
 
 @dataclass(frozen=True)
@@ -225,239 +308,4 @@ def check_against(value: Any, schema: type, path: str) -> list[ConfigIssue]:
         elif not _matches(value[f.name], tp):
             got = value[f.name]
             issues.append(ConfigIssue(key_path, f"expected {_type_name(tp)}, got {got!r}"))
-    return issues
-
-
-def check_model(model: dict, path: str) -> list[ConfigIssue]:
-    issues = []
-    device, device_map = model.get("device"), model.get("device_map")
-    if device is not None and device_map is not None:
-        issues.append(
-            ConfigIssue(
-                join(path, "device"),
-                f"set either {path}.device or {path}.device_map, not both "
-                "(device_map places the model itself; set device=null)",
-            )
-        )
-    if isinstance(device, str) and not _DEVICE_PATTERN.match(device):
-        issues.append(ConfigIssue(join(path, "device"), f"unknown device {device!r}; use cpu, cuda, cuda:N, mps"))
-    if isinstance(device, int) and device < -1:
-        issues.append(ConfigIssue(join(path, "device"), f"device index must be >= -1, got {device}"))
-    if isinstance(device_map, str) and device_map not in DEVICE_MAP_STRATEGIES:
-        issues.append(
-            ConfigIssue(
-                join(path, "device_map"),
-                f"unknown device_map {device_map!r}; use one of {', '.join(DEVICE_MAP_STRATEGIES)} "
-                "or a mapping of module names to devices" + did_you_mean(device_map, DEVICE_MAP_STRATEGIES),
-            )
-        )
-    model_kwargs = model.get("model_kwargs")
-    if isinstance(model_kwargs, dict):
-        issues += check_load_gates(model_kwargs, join(path, "model_kwargs"), model_path=path)
-    return issues
-
-
-_PICKLE = "it decides whether pickle weights, which can run code as they load, may load"
-_KERNELS = "it downloads and runs compiled kernels from the Hugging Face Hub"
-# Keys that decide which code or weights load: (their typed key, which the gates check and the
-# manifest records, or None where composer has none; why). Set in model.model_kwargs, pipeline
-# or call (or a stage's copies of them) they would pass beside the gates: before this check,
-# model_kwargs.use_safetensors=false loaded pickle weights while the manifest said
-# allow_pickle: false. So they are refused there, and the model stage's loader sets the gated
-# ones itself (use_safetensors unless allow_pickle).
-LOAD_GATES: dict[str, tuple[str | None, str]] = {
-    "use_safetensors": ("{model}.allow_pickle", _PICKLE),
-    "weights_only": ("{model}.allow_pickle", _PICKLE),
-    "trust_remote_code": ("{model}.trust_remote_code", "it decides whether code from the model's repository runs"),
-    "code_revision": ("{model}.revision", "it picks the remote code that runs"),
-    "revision": ("{model}.revision", "it picks the weights and code that load"),
-    "quantization_config": ("quantization=<none|bnb-8bit|bnb-4bit|torchao-int8>", "it changes the weights that load"),
-    "device_map": ("{model}.device_map", "it decides where the weights load (and may offload them to disk)"),
-    "dtype": ("{model}.dtype", "it changes the weights that load"),
-    "torch_dtype": ("{model}.dtype", "it changes the weights that load"),
-    "gguf_file": (None, "it loads GGUF weights in place of the model's safetensors"),
-    "state_dict": (None, "it replaces the model's weights"),
-    "from_tf": (None, "it loads a TensorFlow checkpoint in place of safetensors"),
-    "from_flax": (None, "it loads a Flax checkpoint in place of safetensors"),
-    "use_kernels": (None, _KERNELS),
-    "kernel_config": (None, _KERNELS),
-    "allow_all_kernels": (None, _KERNELS),
-    "kernels_mode": (None, _KERNELS),
-    "custom_generate": (None, "it runs generation code from the Hub or a folder"),
-    "assistant_model": (None, "it loads a second model past the pickle and remote-code gates"),
-    "assistant_tokenizer": (None, "it loads a tokenizer past the remote-code gate"),
-}
-# In pipeline. and call. these are refused by the task-parameter check (taskparams.MISPLACED),
-# with the key to set instead; reported once.
-_TASK_PARAM_CHECKED = frozenset({"quantization_config", "dtype", "torch_dtype", "device_map", "trust_remote_code", "revision"})
-
-
-def check_load_gates(params: dict, path: str, model_path: str = "model") -> list[ConfigIssue]:
-    """Issues for keys in `params` (model_kwargs, pipeline or call, at `path`) that decide which
-    code or weights load, and so belong behind a gate (LOAD_GATES)."""
-    where = path.rsplit(".", 1)[-1]
-    issues = []
-    for key, value in params.items():
-        if where != "model_kwargs" and key in _TASK_PARAM_CHECKED:
-            continue
-        if key in LOAD_GATES:
-            home, why = LOAD_GATES[key]
-            instead = f"; set {home.format(model=model_path)} instead" if home else " (no composer setting allows it)"
-            issues.append(ConfigIssue(join(path, key), f"not allowed in {where}: {why}{instead}"))
-        elif key == "attn_implementation" and isinstance(value, str) and "/" in value:
-            issues.append(ConfigIssue(join(path, key), f"not allowed in {where}: {value!r} names a kernel repository on the Hub, "
-                                      "which would be downloaded and run; use eager, sdpa or flash_attention_2"))
-    return issues
-
-
-def check_quantization(quant: dict, path: str) -> list[ConfigIssue]:
-    backend, params = quant.get("backend", "none"), quant.get("params") or {}
-    if backend == "none" and params:
-        return [ConfigIssue(join(path, "params"), "quantization backend is 'none' but params are set")]
-    if backend == "bitsandbytes" and not (params.get("load_in_8bit") or params.get("load_in_4bit")):
-        return [ConfigIssue(join(path, "params"), "bitsandbytes needs load_in_8bit: true or load_in_4bit: true")]
-    if backend == "torchao" and "quant_type" not in params:
-        return [ConfigIssue(join(path, "params.quant_type"), "torchao needs quant_type (e.g. Int8DynamicActivationInt8WeightConfig)")]
-    return []
-
-
-def _check_input(inp: dict, path: str) -> list[ConfigIssue]:
-    kind = inp.get("type", "inline")
-    issues = []
-    if kind == "inline" and not inp.get("records"):
-        issues.append(ConfigIssue(join(path, "records"), "input=inline needs a non-empty list of records"))
-    if kind in _FILE_INPUTS:
-        data_path = inp.get("path")
-        if not data_path:
-            issues.append(ConfigIssue(join(path, "path"), f"input={kind} needs input.path"))
-        elif not Path(data_path).expanduser().is_file():
-            issues.append(ConfigIssue(join(path, "path"), f"file not found: {data_path}"))
-    if kind == "folder":
-        folder = inp.get("path")
-        if not folder:
-            issues.append(ConfigIssue(join(path, "path"), "input=folder needs input.path (a folder of files)"))
-        elif not Path(folder).expanduser().is_dir():
-            issues.append(ConfigIssue(join(path, "path"), f"folder not found: {folder}"))
-    if kind == "dataset" and not inp.get("path"):
-        issues.append(
-            ConfigIssue(join(path, "path"), "input=dataset needs input.path (a loader like json/csv, a local folder or a hub name)")
-        )
-    delimiter = inp.get("delimiter", ",")
-    if kind == "csv" and delimiter != "tab" and not (isinstance(delimiter, str) and len(delimiter) == 1):
-        issues.append(ConfigIssue(join(path, "delimiter"), f"a csv delimiter is one character, or tab; got {delimiter!r}"))
-    limit = inp.get("limit")
-    if isinstance(limit, int) and not isinstance(limit, bool) and limit < 1:
-        issues.append(ConfigIssue(join(path, "limit"), f"limit must be >= 1, got {limit}"))
-    return issues
-
-
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-
-
-def _check_name(name: Any) -> list[ConfigIssue]:
-    """The run name becomes a folder under runs_root: it may not climb out of it."""
-    if isinstance(name, str) and not _SAFE_NAME.match(name):
-        return [ConfigIssue("name", f"{name!r} must be a plain folder name (letters, digits, '_', '.', '-'), "
-                            "since runs go to runs_root/name/...")]
-    return []
-
-
-def check_task(task: Any, path: str = "task") -> list[ConfigIssue]:
-    from composer.tasks import task_table
-
-    if task is None:
-        return [ConfigIssue(path, f"task is required, e.g. {path}=text-classification")]
-    if not isinstance(task, str):
-        return [ConfigIssue(path, f"expected str, got {task!r}")]
-    table = task_table()
-    if table.canonical(task) is None:
-        return [ConfigIssue(path, f"unknown task {task!r} for transformers' pipeline()" + did_you_mean(task, table.names()))]
-    return []
-
-
-def validate(config: dict) -> list[ConfigIssue]:
-    """Every issue with a composed (resolved, plain) config; the stage graph is checked in graph.py."""
-    config = {k: v for k, v in config.items() if k != "hydra"}
-    issues = check_against(config, ComposerConfig, "")
-    if isinstance(config.get("model"), dict):
-        issues += check_model(config["model"], "model")
-    if isinstance(config.get("quantization"), dict):
-        issues += check_quantization(config["quantization"], "quantization")
-    if isinstance(config.get("input"), dict):
-        issues += _check_input(config["input"], "input")
-    issues += _check_name(config.get("name"))
-    if isinstance(config.get("task"), str) or config.get("task") is None:
-        issues += check_task(config.get("task"))
-    for key in ("batch_size", "threads", "workers", "max_errors"):
-        value = config.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
-            issues.append(ConfigIssue(key, f"{key} must be >= 1, got {value}"))
-    issues += _check_batching(config)
-    issues += _check_metrics(config.get("metrics"), config.get("objective"))
-    for key in ("pipeline", "call"):
-        if "batch_size" in (config.get(key) or {}):
-            issues.append(ConfigIssue(f"{key}.batch_size", "set the top-level batch_size instead"))
-        if isinstance(config.get(key), dict):
-            issues += check_load_gates(config[key], key)
-    issues += _check_stage_load_gates(config)
-    return issues
-
-
-def _check_stage_load_gates(config: dict) -> list[ConfigIssue]:
-    """The load gates over the pipeline and call mappings of every configured stage (a stage's
-    model mapping is checked with the graph, check_model)."""
-    specs: list[tuple[str, Any]] = []
-    for key in ("preprocess", "postprocess"):
-        if isinstance(config.get(key), list):
-            specs += [(f"{key}[{index}]", spec) for index, spec in enumerate(config[key])]
-    if isinstance(config.get("stages"), dict):
-        specs += [(f"stages.{name}", spec) for name, spec in config["stages"].items()]
-    issues = []
-    for path, spec in specs:
-        if not isinstance(spec, dict):
-            continue
-        for key in ("pipeline", "call"):
-            if isinstance(spec.get(key), dict):
-                issues += check_load_gates(spec[key], f"{path}.{key}", model_path=f"{path}.model")
-    return issues
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_batching(config: dict) -> list[ConfigIssue]:
-    """sort_window, max_batch_tokens and prefetch, against each other and batch_size."""
-    issues = []
-    window, batch, budget, prefetch = (config.get(k) for k in ("sort_window", "batch_size", "max_batch_tokens", "prefetch"))
-    if _is_int(window) and window < 0:
-        issues.append(ConfigIssue("sort_window", f"sort_window must be 0 (off), auto or >= 1, got {window}"))
-    elif _is_int(window) and _is_int(batch) and 0 < window < batch:
-        issues.append(ConfigIssue("sort_window", f"sort_window ({window}) must be 0 (off) or at least batch_size ({batch}): "
-                                  "a window smaller than a batch would cut every batch short"))
-    if _is_int(budget) and budget < 1:
-        issues.append(ConfigIssue("max_batch_tokens", f"max_batch_tokens must be >= 1 or null, got {budget}"))
-    if _is_int(prefetch) and prefetch < 0:
-        issues.append(ConfigIssue("prefetch", f"prefetch must be >= 0 (0: no background reading), got {prefetch}"))
-    return issues
-
-
-_OBJECTIVE_ROOTS = ("throughput", "models", "quality")
-
-
-def _check_metrics(metrics: Any, objective: Any) -> list[ConfigIssue]:
-    """Declared metric names exist; the objective is a dotted path into metrics.json."""
-    from composer.metrics import METRIC_NAMES
-
-    issues = []
-    if isinstance(metrics, str) and metrics != "auto":
-        metrics = [metrics]
-    if isinstance(metrics, list):
-        for index, name in enumerate(metrics):
-            if name not in METRIC_NAMES:
-                issues.append(ConfigIssue(f"metrics[{index}]", f"unknown metric {name!r}; use auto or any of "
-                                          f"{', '.join(METRIC_NAMES)}" + did_you_mean(str(name), METRIC_NAMES)))
-    if isinstance(objective, str) and objective.split(".")[0] not in _OBJECTIVE_ROOTS:
-        issues.append(ConfigIssue("objective", f"expected a dotted path into metrics.json starting with "
-                                  f"{' or '.join(_OBJECTIVE_ROOTS)}, e.g. quality.model.macro_f1; got {objective!r}"))
     return issues

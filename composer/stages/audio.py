@@ -83,13 +83,7 @@ class LoadAudio(Stage):
         max_bytes: int = 100_000_000,
     ):
         output_field = output_field or field
-        super().__init__(
-            name,
-            {
-                "field": field, "output_field": output_field, "source": source, "sampling_rate": sampling_rate,
-                "rate_from": rate_from, "min_seconds": min_seconds, "timeout": timeout, "max_bytes": max_bytes,
-            },
-        )
+        super().__init__(name)
         if source not in ("auto", "path", "url"):
             raise ValueError(f"source must be auto, path or url, got {source!r}")
         if sampling_rate is not None and (not isinstance(sampling_rate, int) or sampling_rate < 1):

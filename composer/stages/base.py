@@ -14,6 +14,7 @@ isinstance (structurally: a class need not name them), never by probing single a
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -31,14 +32,38 @@ class Stage:
     #: model's task: embedding_classify over feature-extraction.
     produces_labels: ClassVar[bool] = False
 
-    def __init__(self, name: str, params: dict[str, Any]):
+    #: Constructor arguments that never change the stage's output (batching): left out of `params`.
+    output_neutral: ClassVar[frozenset[str]] = frozenset()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Stage:
+        """Record the constructor's arguments, bound to its signature with defaults applied, as
+        `params` (what the fingerprint hashes), so no parameter can be left out of it by hand.
+        copy and pickle make a bare object (no arguments) and restore `params` with the rest."""
+        stage = super().__new__(cls)
+        signature = inspect.signature(cls.__init__)
+        try:
+            bound = signature.bind(stage, *args, **kwargs)
+        except TypeError:  # wrong arguments: __init__ raises Python's own message for them
+            return stage
+        if args or kwargs:
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            for name, parameter in signature.parameters.items():
+                if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                    arguments.update(arguments.pop(name, {}))
+            skipped = {"self", "name", *cls.output_neutral}
+            stage.params = {key: value for key, value in arguments.items() if key not in skipped}
+        return stage
+
+    def __init__(self, name: str):
         self.name = name
-        self.params = params
+        self.params: dict[str, Any]  # set by __new__ from the constructor's arguments
         self.reads: tuple[str, ...] = ()
         self.writes: tuple[str, ...] = ()
 
     def fingerprint(self) -> str:
-        """A hash of exactly what changes this stage's output: its type and parameters."""
+        """A hash of exactly what changes this stage's output: its type and constructor arguments
+        (less `output_neutral`)."""
         payload = canonical_json({"type": type(self).__qualname__, "params": self.params})
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 

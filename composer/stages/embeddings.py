@@ -99,7 +99,7 @@ class MeanPool(Stage):
                 "or choose an experiment without embedding stages (experiment=base is the plain base config; "
                 "the default, support-tickets, routes tickets by embeddings)"
             )
-        super().__init__(name, {"field": field, "output_field": output_field, "normalize": normalize, "keep_input": keep_input})
+        super().__init__(name)
         self.field, self.output_field, self.normalize, self.keep_input = field, output_field, normalize, keep_input
         self.reads, self.writes = (field,), (output_field,)
 
@@ -154,10 +154,12 @@ class Encoder:
 class _EncodingStage(Stage):
     """A stage that embeds texts from its config at setup; its fingerprint pins the encoder's weights."""
 
-    def __init__(self, name: str, params: dict, model: dict, call: dict | None, batch_size: int):
+    output_neutral = frozenset({"batch_size"})
+
+    def __init__(self, name: str, model: dict, call: dict | None, batch_size: int):
         if not isinstance(model, dict):
             raise ValueError("model must be a model config mapping; use `model: ${model}` for the main model's")
-        super().__init__(name, {**params, "model": dict(model), "call": dict(call or {})})
+        super().__init__(name)
         self.encoder = Encoder(name, model, call, batch_size)
 
     def setup(self) -> None:
@@ -200,7 +202,7 @@ class EmbeddingClassify(_EncodingStage):
         for label, texts in descriptions.items():
             if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
                 raise ValueError(f"label {label!r} needs a non-empty description")
-        super().__init__(name, {"labels": descriptions, "field": field, "output_field": output_field}, model, call, batch_size)
+        super().__init__(name, model, call, batch_size)
         self.descriptions, self.field, self.output_field = descriptions, field, output_field
         self.reads, self.writes = (field,), (output_field,)
         self.prototypes: Any = None
@@ -253,9 +255,7 @@ class SemanticSearch(_EncodingStage):
             raise ValueError("queries must be a non-empty list")
         if corpus is not None and not Path(corpus).expanduser().is_file():
             raise ValueError(f"corpus file not found: {corpus}")
-        params = {"queries": queries, "corpus": corpus, "corpus_field": corpus_field, "corpus_id_field": corpus_id_field,
-                  "k": k, "min_score": min_score, "field": field, "output_field": output_field}
-        super().__init__(name, params, model, call, batch_size)
+        super().__init__(name, model, call, batch_size)
         self.queries, self.corpus, self.corpus_field, self.corpus_id_field = queries, corpus, corpus_field, corpus_id_field
         self.k, self.min_score, self.field, self.output_field = k, min_score, field, output_field
         self.reads, self.writes = (field,), (output_field,)
@@ -313,7 +313,7 @@ class NearDuplicates(Stage):
     def __init__(self, name: str, *, threshold: float = 0.9, field: str = "embedding", output_field: str = "near_duplicate"):
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
-        super().__init__(name, {"threshold": threshold, "field": field, "output_field": output_field})
+        super().__init__(name)
         self.threshold, self.field, self.output_field = threshold, field, output_field
         self.reads, self.writes = (field,), (output_field,)
         self.ids: list[str] = []

@@ -37,9 +37,9 @@ def _rebuild(shape: str, original: Any, items: list[dict[str, Any]]) -> Any:
 class _OnField(Stage):
     """A post transform reading one field and writing the result to `output_field` (default: same)."""
 
-    def __init__(self, name: str, params: dict[str, Any], field: str, output_field: str | None):
+    def __init__(self, name: str, field: str, output_field: str | None):
         output_field = output_field or field
-        super().__init__(name, {**params, "field": field, "output_field": output_field})
+        super().__init__(name)
         self.field, self.output_field = field, output_field
         self.reads, self.writes = (field,), (output_field,)
 
@@ -65,7 +65,7 @@ class TopK(_OnField):
     def __init__(self, name: str, *, k: int = 1, field: str = "prediction", output_field: str | None = None):
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        super().__init__(name, {"k": k}, field, output_field)
+        super().__init__(name, field, output_field)
         self.k = k
 
     def transform(self, prediction: Any) -> Any:
@@ -80,7 +80,7 @@ class MapLabels(_OnField):
     def __init__(
         self, name: str, *, mapping: dict[str, str], field: str = "prediction", output_field: str | None = None, strict: bool = False
     ):
-        super().__init__(name, {"mapping": dict(mapping), "strict": strict}, field, output_field)
+        super().__init__(name, field, output_field)
         self.mapping, self.strict = {str(k): v for k, v in mapping.items()}, strict
 
     def _map(self, label: Any) -> Any:
@@ -123,7 +123,7 @@ class Threshold(_OnField):
         field: str = "prediction",
         output_field: str | None = None,
     ):
-        super().__init__(name, {"min_score": min_score, "fallback_label": fallback_label}, field, output_field)
+        super().__init__(name, field, output_field)
         self.min_score, self.fallback_label = min_score, fallback_label
 
     def transform(self, prediction: Any) -> Any:
@@ -138,7 +138,7 @@ class Select(Stage):
     """Keep only the listed fields in each record (`id` is always kept)."""
 
     def __init__(self, name: str, *, fields: list[str]):
-        super().__init__(name, {"fields": list(fields)})
+        super().__init__(name)
         self.fields = [f for f in fields if f != "id"]
         self.reads = tuple(self.fields)
 
@@ -158,7 +158,7 @@ class Rename(Stage):
     """Rename fields: `mapping: {prediction: sentiment}`."""
 
     def __init__(self, name: str, *, mapping: dict[str, str]):
-        super().__init__(name, {"mapping": dict(mapping)})
+        super().__init__(name)
         if "id" in mapping or "id" in mapping.values():
             raise ValueError("the id field cannot be renamed, nor another field renamed to id")
         targets = list(mapping.values())

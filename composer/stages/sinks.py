@@ -12,8 +12,10 @@ from composer.stages.base import Sink
 class OutputsSink(Sink):
     """Appends each finished record to the run folder's outputs.jsonl, in input order."""
 
+    output_neutral = frozenset({"run_dir"})  # where outputs go, not what they are
+
     def __init__(self, name: str, *, run_dir: str | None = None):
-        super().__init__(name, {})
+        super().__init__(name)
         self.run_dir = run_dir
         self._writer: JsonlAppender | None = None
 

@@ -21,7 +21,7 @@ class Template(Stage):
     prefetchable = True  # cheap and thread-safe: runs in the prefetch thread, ahead of the model
 
     def __init__(self, name: str, *, template: str, output_field: str = "prompt"):
-        super().__init__(name, {"template": template, "output_field": output_field})
+        super().__init__(name)
         placeholders = _placeholders(template)
         bad = [f for f in placeholders if not f.isidentifier()]
         if bad:
@@ -78,13 +78,7 @@ class Normalize(Stage):
         lowercase: bool = False,
     ):
         output_field = output_field or field
-        super().__init__(
-            name,
-            {
-                "field": field, "output_field": output_field, "unicode_form": unicode_form, "strip": strip,
-                "collapse_whitespace": collapse_whitespace, "lowercase": lowercase,
-            },
-        )
+        super().__init__(name)
         if unicode_form not in (None, "NFC", "NFKC", "NFD", "NFKD"):
             raise ValueError(f"unicode_form must be NFC, NFKC, NFD, NFKD or null, got {unicode_form!r}")
         self.field, self.output_field = field, output_field

@@ -52,13 +52,7 @@ class LoadImage(Stage):
         max_bytes: int = 20_000_000,
     ):
         output_field = output_field or field
-        super().__init__(
-            name,
-            {
-                "field": field, "output_field": output_field, "source": source, "mode": mode, "resize": resize,
-                "crop": crop, "max_side": max_side, "min_side": min_side, "timeout": timeout, "max_bytes": max_bytes,
-            },
-        )
+        super().__init__(name)
         if source not in ("auto", "path", "url", "base64"):
             raise ValueError(f"source must be auto, path, url or base64, got {source!r}")
         _check_ints("resize", resize, 2)
@@ -183,7 +177,7 @@ class ImageChat(Stage):
     def __init__(self, name: str, *, prompt: str, image_field: str = "image", output_field: str = "messages"):
         from composer.stages.text import Template
 
-        super().__init__(name, {"prompt": prompt, "image_field": image_field, "output_field": output_field})
+        super().__init__(name)
         self.template = Template(name, template=prompt, output_field=output_field)
         self.image_field, self.output_field = image_field, output_field
         self.reads = (image_field, *self.template.reads)

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import asdict
 from typing import Any
 
 from composer.records import Record, to_jsonable
+from composer.schema import ModelConfig, QuantizationConfig
 from composer.stages.base import Stage, require_field
 from composer.stages.model.batching import SORTED_TASKS, BatchPlanner, ModelAccess, TokenCounter
 from composer.stages.model.loading import ModelLoader, padding_changes_outputs
@@ -33,6 +35,7 @@ class PipelineStage(Stage):
 
     kind = "model"
     PROBE_SIZES = BatchPlanner.PROBE_SIZES
+    output_neutral = frozenset({"batch_size", "sort_by_length", "max_batch_tokens", "onednn_linear"})
 
     def __init__(
         self,
@@ -50,14 +53,11 @@ class PipelineStage(Stage):
         max_batch_tokens: int | None = None,
         onednn_linear: bool = True,
     ):
-        model = {"id": None, "revision": None, "dtype": "auto", "device": None, "device_map": None,
-                 "trust_remote_code": False, "tokenizer": None, "model_kwargs": {}, **(model or {})}
-        quantization = {"backend": "none", "params": {}, **(quantization or {})}
-        super().__init__(
-            name,
-            {"task": task, "model": model, "quantization": quantization, "pipeline": dict(pipeline or {}),
-             "call": dict(call or {}), "input_field": input_field, "output_field": output_field},
-        )
+        # A stage configured with part of a model mapping (a second model stage, a test) gets the
+        # rest from the schema's defaults.
+        model = {**asdict(ModelConfig()), **(model or {})}
+        quantization = {**asdict(QuantizationConfig()), **(quantization or {})}
+        super().__init__(name)
         self.task, self.model_config, self.quantization = task, model, quantization
         self.build_params, self.call_params = dict(pipeline or {}), dict(call or {})
         # What each pipeline call gets. Feature extraction hands back tensors rather than the
@@ -69,9 +69,9 @@ class PipelineStage(Stage):
         self.input_field, self.output_field = input_field, output_field
         self.reads = tuple(input_field.values()) if isinstance(input_field, dict) else (input_field,)
         self.writes = (output_field,)
-        # Batching never changes outputs, so none of it is in the params (the fingerprint).
+        # Batching never changes outputs (output_neutral: not in the fingerprint).
         self.planner = BatchPlanner(batch_size, task in SORTED_TASKS if sort_by_length is None else bool(sort_by_length), max_batch_tokens)
-        # Like batching, oneDNN linear layers change outputs only in float rounding: not in the fingerprint.
+        # Like batching, oneDNN linear layers change outputs only in float rounding (output_neutral).
         self.loader = ModelLoader(task, model, quantization, self.build_params, bool(onednn_linear))
         self.runner = PreparedRunner(task, self.call_kwargs)
         self.shaper = OutputShaper(task, self.call_params)

@@ -37,11 +37,8 @@ class RowSource(Source):
         label_field: str | None = None,
         limit: int | None = None,
         keep: list[str] | tuple[str, ...] = (),
-        **params: Any,
     ):
-        super().__init__(
-            name, {"field": field, "id_field": id_field, "label_field": label_field, "limit": limit, "keep": list(keep), **params}
-        )
+        super().__init__(name)
         self.field, self.id_field, self.label_field, self.limit, self.keep = field, id_field, label_field, limit, list(keep)
         self.writes = ("id", field, *(("label",) if label_field else ()), *self.keep)
         # What the stages reading `field` straight from the source need of its value (bind).

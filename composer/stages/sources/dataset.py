@@ -27,9 +27,7 @@ class DatasetSource(RowSource):
         decode: bool = True,
         **common: Any,
     ):
-        super().__init__(
-            name, path=path, subset=subset, split=split, data_files=data_files, streaming=streaming, decode=decode, **common
-        )
+        super().__init__(name, **common)
         self.path, self.subset, self.split, self.data_files, self.streaming = path, subset, split, data_files, streaming
         self.decode = decode
         self._dataset: Any = None

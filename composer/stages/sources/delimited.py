@@ -34,7 +34,7 @@ class CsvSource(FileSource):
     rows_checked = True  # only a row with undecodable bytes holds surrogates (escapes): rows() fails it
 
     def __init__(self, name: str, *, path: str, delimiter: str = ",", **common: Any):
-        super().__init__(name, path=path, delimiter=delimiter, **common)
+        super().__init__(name, path=path, **common)
         self.delimiter = "\t" if delimiter == "tab" else delimiter
         self.multiline_rows: list[tuple[int, int]] = []  # (first line, last line) of each row spanning lines
 

@@ -58,7 +58,7 @@ class FileSource(RowSource):
     """A local file, hashed and counted in one pass so the manifest can pin the exact input."""
 
     def __init__(self, name: str, *, path: str, **common: Any):
-        super().__init__(name, path=path, **common)
+        super().__init__(name, **common)
         self.path = Path(path).expanduser()
         # The file's name in positions ('line 7 of data.jsonl'): a name whose bytes are not UTF-8
         # holds surrogate escapes, which no errors.jsonl line could be written with.

@@ -32,9 +32,7 @@ class FolderSource(RowSource):
         **common: Any,
     ):
         extensions = [e.lower().lstrip(".") for e in extensions] if extensions else None
-        super().__init__(
-            name, path=path, extensions=extensions, recursive=recursive, field=field, id_field=id_field or "relative_path", **common
-        )
+        super().__init__(name, field=field, id_field=id_field or "relative_path", **common)
         self.root = Path(path).expanduser()
         self.extensions, self.recursive = extensions, recursive
 

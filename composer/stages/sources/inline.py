@@ -14,7 +14,7 @@ class InlineSource(RowSource):
     """Records written in the config itself: strings or mappings."""
 
     def __init__(self, name: str, *, records: list[Any], **common: Any):
-        super().__init__(name, records=list(records), **common)
+        super().__init__(name, **common)
         self.records = list(records)
 
     def rows(self) -> Iterator[tuple[str, Any]]:
