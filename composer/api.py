@@ -102,4 +102,4 @@ def resume(run_dir: str | Path) -> RunResult:
     issues = validate(config)
     if issues:
         raise ConfigError(issues)
-    return execute_config(config, run_dir, runstore.read_json(run_dir / runstore.MANIFEST).get("overrides", []))
+    return execute_config(config, run_dir, runstore.read_manifest(run_dir).get("overrides", []))

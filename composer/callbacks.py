@@ -31,6 +31,7 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         from composer.report import find_runs, write_report
+        from composer.runstore import RunStatus
         from composer.sweep import job_outcome
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -43,7 +44,7 @@ class SweepReport(Callback):
         except Exception as error:  # noqa: BLE001 - a report problem must not hide the sweep's results
             print(f"composer: could not write the sweep report: {type(error).__name__}: {error}", file=sys.stderr)
             return
-        failed = sum(run.status != "complete" for run in report.runs)
+        failed = sum(run.status != RunStatus.COMPLETE for run in report.runs)
         print(f"sweep report: {len(report.runs)} runs ({failed} not complete): {sweep_dir / 'report.html'}",
               file=sys.stderr)
 

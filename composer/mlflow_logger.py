@@ -31,9 +31,9 @@ def _key(name: str) -> str:
 def run_payload(run_dir: Path, config: dict[str, Any]) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
     """(params, metrics, tags) for a run folder, read from the folder alone."""
     from composer.report import metric_values
-    from composer.runstore import MANIFEST, METRICS, flatten
+    from composer.runstore import METRICS, flatten, read_manifest
 
-    manifest = json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
+    manifest = read_manifest(run_dir)
     metrics_path = run_dir / METRICS
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
     params = {}

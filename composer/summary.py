@@ -21,7 +21,7 @@ IDS_PER_ERROR_TYPE = 3  # record ids shown for each
 
 def summary_lines(run_dir: Path) -> list[str]:
     """The summary of the run in `run_dir` (its manifest, metrics and errors.jsonl)."""
-    manifest = runstore.read_json(run_dir / runstore.MANIFEST)
+    manifest = runstore.read_manifest(run_dir)
     metrics_path = run_dir / runstore.METRICS
     metrics = runstore.read_json(metrics_path) if metrics_path.exists() else {}
     counts = manifest.get("counts") or {}

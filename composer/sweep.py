@@ -17,12 +17,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from composer.runstore import EXIT_CONFIG, EXIT_FAILED, FINISHED, JOB_ERROR, MANIFEST, METRICS
+from composer.runstore import EXIT_CONFIG, EXIT_FAILED, FINISHED, JOB_ERROR, MANIFEST, METRICS, RunStatus, read_manifest
 
 
 def record_job_error(job_dir: Path, error: BaseException, exit_code: int, overrides: list[str]) -> None:
     """Write job_error.json: why this job produced no run (its manifest, if any, is left as is)."""
-    status = "config_error" if exit_code == EXIT_CONFIG else "failed"
+    status = RunStatus.CONFIG_ERROR if exit_code == EXIT_CONFIG else RunStatus.FAILED
     data = {
         "status": status,
         "exit_code": exit_code,
@@ -46,12 +46,12 @@ def job_outcome(job_dir: Path) -> dict[str, Any]:
         data = json.loads(job_error.read_text(encoding="utf-8"))
         return {"status": data["status"], "exit_code": data["exit_code"], "error": data.get("error")}
     if manifest.exists():
-        data = json.loads(manifest.read_text(encoding="utf-8"))
+        data = read_manifest(job_dir)
         exit_code = data.get("exit_code")
-        if data.get("status") == "running":  # the process died mid-run (killed, out of memory)
+        if data.get("status") == RunStatus.RUNNING:  # the process died mid-run (killed, out of memory)
             exit_code = EXIT_FAILED
-        return {"status": data.get("status", "unknown"), "exit_code": exit_code, "error": data.get("error")}
-    return {"status": "missing", "exit_code": EXIT_FAILED,
+        return {"status": data.get("status", RunStatus.UNKNOWN), "exit_code": exit_code, "error": data.get("error")}
+    return {"status": RunStatus.MISSING, "exit_code": EXIT_FAILED,
             "error": {"type": "Missing", "message": "the job left neither manifest.json nor job_error.json"}}
 
 

@@ -121,8 +121,8 @@ def compare(original: Path, rerun: Path) -> VerifyReport:
     report.missing = [key[1] for key in before if key not in after]
     report.extra = [key[1] for key in after if key not in before]
     report.reordered = [line for name in names if (line := _order_drift(name, old_lines[name], new_lines[name]))]
-    old_facts = _facts(runstore.read_json(original / runstore.MANIFEST))
-    new_facts = _facts(runstore.read_json(rerun / runstore.MANIFEST))
+    old_facts = _facts(runstore.read_manifest(original))
+    new_facts = _facts(runstore.read_manifest(rerun))
     for key in sorted(set(old_facts) | set(new_facts)):
         if old_facts.get(key) != new_facts.get(key):
             report.drift.extend(runstore.differences({key: old_facts.get(key)}, {key: new_facts.get(key)}))
@@ -134,7 +134,7 @@ def verify(run_dir: Path) -> VerifyReport:
     from composer.run import execute_config
     from composer.schema import ConfigError, validate
 
-    manifest = runstore.read_json(run_dir / runstore.MANIFEST)
+    manifest = runstore.read_manifest(run_dir)
     if manifest["status"] not in runstore.FINISHED:
         raise ValueError(f"{run_dir} is {manifest['status']}, not finished: resume it before verifying")
     config = {**runstore.read_config(run_dir), "progress": False}

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from composer.report.names import PLOTS
-from composer.runstore import JOB_ERROR, MANIFEST, METRICS, flatten
+from composer.runstore import JOB_ERROR, MANIFEST, METRICS, Manifest, flatten, read_manifest
 from composer.sweep import job_outcome
 
 _SKIP_DIRS = {".hydra", PLOTS, "mlruns", ".git", "__pycache__"}
@@ -34,7 +34,7 @@ class Run:
     status: str
     exit_code: int | None
     error: dict | None
-    manifest: dict
+    manifest: Manifest
     metrics: dict
     config: dict
     overrides: dict[str, str] = field(default_factory=dict)
@@ -69,6 +69,13 @@ def find_runs(path: Path) -> list[Path]:
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _read_manifest(path: Path) -> Manifest:
+    try:
+        return read_manifest(path)
     except (OSError, ValueError):
         return {}
 
@@ -114,7 +121,7 @@ def is_number(value: Any) -> bool:
 
 def load_run(path: Path, label: str) -> Run:
     """Read one run folder; the overrides come from Hydra's file, else the manifest, else job_error.json."""
-    manifest, metrics = _read_json(path / MANIFEST), _read_json(path / METRICS)
+    manifest, metrics = _read_manifest(path), _read_json(path / METRICS)
     config = _read_yaml(path / "config.yaml") or _read_yaml(path / ".hydra" / "config.yaml") or {}
     config = {k: v for k, v in config.items() if k != "hydra"} if isinstance(config, dict) else {}
     overrides_list = _read_yaml(path / ".hydra" / "overrides.yaml")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from composer.report.rows import Run, cell, config_differences, config_value, swept_parameters
 from composer.report.tables import Table, baseline_rows, error_text, format_value, headline, model_rows, version_rows
+from composer.runstore import RunStatus
 
 
 @dataclass
@@ -33,7 +34,7 @@ def build_sections(runs: Sequence[Run], baseline: Run | None, plots: list[tuple[
                *(format_value(r.values.get(c), f) for c, _, f in columns)] for r in runs]),
         )
     ]
-    failed = [r for r in runs if r.status != "complete"]
+    failed = [r for r in runs if r.status != RunStatus.COMPLETE]
     if failed:
         sections.append(Section(
             "Failures and record errors",

@@ -16,6 +16,7 @@ from composer.report.plots import draw_plots
 from composer.report.rows import Run, collect, is_run, load_run
 from composer.report.sections import build_sections
 from composer.report.tables import write_summary
+from composer.runstore import RunStatus
 
 
 @dataclass
@@ -59,7 +60,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path | None = None, bas
     plots = draw_plots(runs, out)
 
     title = title or f"Report: {Path(os.path.commonpath([str(r.path) for r in runs])).name or 'runs'}"
-    complete = sum(r.status == "complete" for r in runs)
+    complete = sum(r.status == RunStatus.COMPLETE for r in runs)
     count = f"{len(runs)} runs: {complete} complete, {len(runs) - complete} not."
     sections = build_sections(runs, baseline_run, plots)
     stamp = generated_at()
@@ -88,7 +89,7 @@ def main(argv: Sequence[str]) -> int:
     except FileNotFoundError as error:
         print(f"composer: {error}", file=sys.stderr)
         return 2
-    failed = sum(r.status != "complete" for r in report.runs)
+    failed = sum(r.status != RunStatus.COMPLETE for r in report.runs)
     print(f"report over {len(report.runs)} runs ({failed} not complete) in {report.out}:", file=sys.stderr)
     for path in report.files:
         print(f"  {path}", file=sys.stderr)
