@@ -31,7 +31,8 @@ from composer.run import (  # noqa: F401 - the API's names for them
     _quiet_library_noise,
     execute_config,
 )
-from composer.schema import ConfigError, validate
+from composer.schema import ConfigError
+from composer.validation import validate
 
 __all__ = ["EXIT_ABORTED", "EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_RECORD_ERRORS",
            "RunResult", "compose", "execute_config", "plan", "resume", "run"]

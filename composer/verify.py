@@ -132,7 +132,8 @@ def compare(original: Path, rerun: Path) -> VerifyReport:
 def verify(run_dir: Path) -> VerifyReport:
     """Re-execute the run in `run_dir` from its folder alone and compare."""
     from composer.run import execute_config
-    from composer.schema import ConfigError, validate
+    from composer.schema import ConfigError
+    from composer.validation import validate
 
     manifest = runstore.read_manifest(run_dir)
     if manifest["status"] not in runstore.FINISHED:
