@@ -202,7 +202,7 @@ class SlowHead(Stage):
     calls = 0
 
     def __init__(self, name: str):
-        super().__init__(name, {})
+        super().__init__(name)
         self.reads, self.writes = ("text",), ()
 
     def process(self, records):

@@ -324,7 +324,7 @@ class JoinWords(Stage):
     """Test stage: text given as a list of words becomes one string."""
 
     def __init__(self, name: str):
-        super().__init__(name, {})
+        super().__init__(name)
         self.reads, self.writes = ("text",), ("text",)
 
     def process(self, records):
@@ -338,7 +338,7 @@ class SurrogatePrompt(Stage):
     custom stage decoding bytes carelessly would): the source never sees it."""
 
     def __init__(self, name: str):
-        super().__init__(name, {})
+        super().__init__(name)
         self.reads, self.writes = ("text",), ("prompt",)
 
     def process(self, records):
