@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import resource
 import signal
 import sys
 import threading
@@ -21,7 +20,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from composer import runstore
+from composer import runfacts, runstore
 from composer.executors.base import ExecutionPolicy, ExecutionStats, RunAborted, RunInterrupted
 from composer.executors.local import LocalExecutor
 from composer.metrics import latency_summary, quality_accumulator
@@ -30,6 +29,7 @@ from composer.records import canonical_json
 from composer.runlog import RunLog
 from composer.schema import OUTPUT_NEUTRAL_KEYS, with_defaults
 from composer.runstore import EXIT_ABORTED, EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_RECORD_ERRORS  # noqa: F401 - api re-exports
+from composer.runstore import RunStatus
 
 
 @dataclass
@@ -37,16 +37,16 @@ class RunResult:
     """A finished (or stopped) run: its folder and how it ended. Everything else is read from disk."""
 
     run_dir: Path
-    status: str
+    status: str  # a RunStatus value (a member when this process ran it; equal to the word either way)
     exit_code: int
 
     @classmethod
     def load(cls, run_dir: str | Path) -> RunResult:
-        manifest = runstore.read_json(Path(run_dir) / runstore.MANIFEST)
+        manifest = runstore.read_manifest(Path(run_dir))
         return cls(Path(run_dir), manifest["status"], manifest.get("exit_code", EXIT_FAILED))
 
-    def manifest(self) -> dict[str, Any]:
-        return runstore.read_json(self.run_dir / runstore.MANIFEST)
+    def manifest(self) -> runstore.Manifest:
+        return runstore.read_manifest(self.run_dir)
 
     def metrics(self) -> dict[str, Any]:
         return runstore.read_json(self.run_dir / runstore.METRICS)
@@ -77,14 +77,44 @@ def _execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str],
     An earlier attempt's finished records are skipped by id, so a resumed run's outputs equal
     an uninterrupted run's.
     """
-    from composer.allocator import tune_malloc
-    from composer.repro import seed_everything
-    from composer.summary import summary_lines
-    from composer.runtime import set_run_threads, split_threads
-
     _quiet_library_noise()
     graph = plan_graph(config, run_dir=str(run_dir), deep=True)
     cache = _attach_cache(graph, config["cache"])
+    attempt = _open_folder(config, run_dir, overrides, graph)
+    if isinstance(attempt, RunResult):
+        return attempt  # finished before: nothing to do
+    outcome = _execute(config, run_dir, graph, cache, attempt)
+    return _finish(config, run_dir, graph, log, attempt, outcome)
+
+
+@dataclass
+class _Attempt:
+    """This attempt's share of the run folder: the manifest it updates, its own entry in the
+    manifest's `attempts`, what earlier attempts wrote (skipped by id), and the damaged line
+    that, when set, fails this attempt before anything loads."""
+
+    manifest: runstore.Manifest
+    entry: runstore.Attempt
+    skip_ids: runstore.Written | set[str]
+    damaged: runstore.RunFolderError | None
+
+
+@dataclass
+class _Outcome:
+    """How the attempt ended (a failure until it says otherwise) and what it counted."""
+
+    stats: ExecutionStats
+    wall_started: float
+    status: RunStatus = RunStatus.FAILED
+    exit_code: int = EXIT_FAILED
+    error: dict[str, str] | None = None
+
+
+def _open_folder(config: dict[str, Any], run_dir: Path, overrides: list[str], graph: Graph) -> _Attempt | RunResult:
+    """Claim `run_dir` for this attempt: refuse a folder that is not composer's or holds another
+    config's run or another input, repair the lines a crash tore, and write the manifest saying
+    `running` before anything heavy loads, so that a crash from here on leaves a folder that
+    resume continues. A run that finished before is returned as it is, untouched."""
     runstore.check_run_folder(run_dir)  # a file, or another program's folder: refused, nothing written
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = runstore.previous_attempt(run_dir, config, OUTPUT_NEUTRAL_KEYS, with_defaults)
@@ -105,87 +135,125 @@ def _execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str],
     else:
         manifest, skip_ids, damaged = _new_manifest(config, overrides), set(), None
         OmegaConf.save(OmegaConf.create(config), run_dir / runstore.CONFIG)
-    manifest.update(status="running", input=input_fingerprint)
-    attempt: dict[str, Any] = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(), "skipped": len(skip_ids)}
-    manifest["attempts"].append(attempt)
-    runstore.write_json(run_dir / runstore.MANIFEST, manifest)
+    manifest.update(status=RunStatus.RUNNING, input=input_fingerprint)
+    entry: runstore.Attempt = {"started_at": _now(), "skipped": len(skip_ids)}
+    manifest["attempts"].append(entry)
+    runstore.write_manifest(run_dir, manifest)
+    return _Attempt(manifest, entry, skip_ids, damaged)
+
+
+def _execute(config: dict[str, Any], run_dir: Path, graph: Graph, cache: Any, attempt: _Attempt) -> _Outcome:
+    """Set up and stream the graph, turning every way it can end into an outcome: all records
+    done (with or without failures), aborted, interrupted, or failed with the error. Whatever
+    happened, the error lines are closed, the cache and the stages too, and the stages' facts
+    are taken for the manifest, so that the folder is complete before it is closed."""
     errors = runstore.JsonlAppender(run_dir / runstore.ERRORS)
-    stats = ExecutionStats()
-    status, exit_code, error_info = "failed", EXIT_FAILED, None
-    wall_started = time.perf_counter()
+    outcome = _Outcome(ExecutionStats(), time.perf_counter())
     try:
-        if damaged is not None:
-            raise damaged
-        _reset_peak_memory()
-        deterministic, show_progress = bool(config.get("deterministic", False)), _shows_progress(config["progress"])
-        seed_everything(config["seed"], deterministic)
-        manifest["deterministic"] = deterministic
-        manifest["device"] = _device_facts()
-        # Without our bar, transformers' own "Loading weights" bars would fill the logs.
-        from transformers.utils import logging as transformers_logging
-
-        if show_progress:
-            transformers_logging.enable_progress_bar()
-        else:
-            transformers_logging.disable_progress_bar()
-        total_threads = set_run_threads(config["threads"])
-        manifest["allocator"] = tune_malloc(bool(config.get("tune_malloc", True)))
-        setup_started = time.perf_counter()
-        for stage in graph.stages()[1:]:
-            stage.setup()
-            if skip_ids and stage.restores_state:
-                stage.restore(runstore.iter_jsonl(run_dir / runstore.OUTPUTS))
-        attempt["setup_seconds"] = time.perf_counter() - setup_started
-        # After setup: whether batches may run side by side depends on where the model loaded.
-        manifest["threads"] = split_threads(total_threads, config["workers"], graph.model_stages())
-        # Again after setup: a model loaded fresh may have drawn random numbers, one reused from
-        # an earlier run in this process (composer.modelpool) did not; sampling must not care.
-        seed_everything(config["seed"], deterministic)
-        total = graph.source.total()
-        progress, task_id = _progress(show_progress, None if total is None else max(total - len(skip_ids), 0))
-        with progress, _StopRequests() as stop:
-            def advance(n: int) -> None:
-                done = progress.tasks[0].completed + n
-                elapsed = max(progress.tasks[0].elapsed or 0.0, 1e-9)
-                progress.update(task_id, completed=done, rate=f"{done / elapsed:.1f}/s")
-
-            policy = ExecutionPolicy(
-                on_error=config["on_error"],
-                max_errors=config["max_errors"],
-                errors_before=runstore.count_lines(run_dir / runstore.ERRORS),
-                skip_ids=skip_ids,
-                should_stop=lambda: stop.requested,
-            )
-            LocalExecutor().run(graph, stats, policy, errors.write_many, advance=advance)
+        if attempt.damaged is not None:
+            raise attempt.damaged
+        show_progress = _set_up(config, run_dir, graph, attempt)
+        _stream(config, run_dir, graph, attempt.skip_ids, errors, outcome.stats, show_progress)
         failed = runstore.count_lines(run_dir / runstore.ERRORS)
-        status = "complete" if failed == 0 else "completed_with_errors"
-        exit_code = EXIT_OK if failed == 0 else EXIT_RECORD_ERRORS
+        outcome.status = RunStatus.COMPLETE if failed == 0 else RunStatus.COMPLETED_WITH_ERRORS
+        outcome.exit_code = EXIT_OK if failed == 0 else EXIT_RECORD_ERRORS
     except RunAborted as error:
-        status, exit_code, error_info = "aborted", EXIT_ABORTED, {"type": "RunAborted", "message": str(error)}
+        outcome.status, outcome.exit_code = RunStatus.ABORTED, EXIT_ABORTED
+        outcome.error = {"type": "RunAborted", "message": str(error)}
     except (RunInterrupted, KeyboardInterrupt) as error:
-        message = str(error) or "interrupted"
-        status, exit_code, error_info = "interrupted", EXIT_INTERRUPTED, {"type": type(error).__name__, "message": message}
+        outcome.status, outcome.exit_code = RunStatus.INTERRUPTED, EXIT_INTERRUPTED
+        outcome.error = {"type": type(error).__name__, "message": str(error) or "interrupted"}
     except Exception as error:  # noqa: BLE001 - recorded in the manifest and reported without a traceback
-        error_info = {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc()}
+        outcome.error = {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc()}
     finally:
         errors.close()
         if cache is not None:
             cache.close()
-        manifest["stages"] = {stage.name: _stage_facts(graph, stage) for stage in graph.stages()}
+        attempt.manifest["stages"] = {stage.name: _stage_facts(graph, stage) for stage in graph.stages()}
         for stage in graph.stages():
             stage.close()
-    attempt.update(
-        finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
-        status=status,
+    return outcome
+
+
+def _set_up(config: dict[str, Any], run_dir: Path, graph: Graph, attempt: _Attempt) -> bool:
+    """Seed, split threads, tune the allocator and set up every stage after the source (loading
+    the models, restoring a stage's state from an earlier attempt's outputs), recording each
+    choice in the manifest. Returns whether the progress bar shows."""
+    from composer.allocator import tune_malloc
+    from composer.repro import seed_everything
+    from composer.runtime import set_run_threads, split_threads
+
+    manifest = attempt.manifest
+    runfacts.reset_peak_memory()
+    deterministic, show_progress = bool(config.get("deterministic", False)), runfacts.shows_progress(config["progress"])
+    seed_everything(config["seed"], deterministic)
+    manifest["deterministic"] = deterministic
+    manifest["device"] = runfacts.device_facts()
+    # Without our bar, transformers' own "Loading weights" bars would fill the logs.
+    from transformers.utils import logging as transformers_logging
+
+    if show_progress:
+        transformers_logging.enable_progress_bar()
+    else:
+        transformers_logging.disable_progress_bar()
+    total_threads = set_run_threads(config["threads"])
+    manifest["allocator"] = tune_malloc(bool(config.get("tune_malloc", True)))
+    setup_started = time.perf_counter()
+    for stage in graph.stages()[1:]:
+        stage.setup()
+        if attempt.skip_ids and stage.restores_state:
+            stage.restore(runstore.iter_jsonl(run_dir / runstore.OUTPUTS))
+    attempt.entry["setup_seconds"] = time.perf_counter() - setup_started
+    # After setup: whether batches may run side by side depends on where the model loaded.
+    manifest["threads"] = split_threads(total_threads, config["workers"], graph.model_stages())
+    # Again after setup: a model loaded fresh may have drawn random numbers, one reused from
+    # an earlier run in this process (composer.modelpool) did not; sampling must not care.
+    seed_everything(config["seed"], deterministic)
+    return show_progress
+
+
+def _stream(config: dict[str, Any], run_dir: Path, graph: Graph, skip_ids: runstore.Written | set[str],
+            errors: runstore.JsonlAppender, stats: ExecutionStats, show_progress: bool) -> None:
+    """Hand the records to the executor, skipping those earlier attempts finished, with the
+    progress bar and Ctrl-C / SIGTERM caught (_StopRequests) so that a stop ends cleanly."""
+    total = graph.source.total()
+    progress, task_id = runfacts.progress_bar(show_progress, None if total is None else max(total - len(skip_ids), 0))
+    with progress, _StopRequests() as stop:
+        def advance(n: int) -> None:
+            done = progress.tasks[0].completed + n
+            elapsed = max(progress.tasks[0].elapsed or 0.0, 1e-9)
+            progress.update(task_id, completed=done, rate=f"{done / elapsed:.1f}/s")
+
+        policy = ExecutionPolicy(
+            on_error=config["on_error"],
+            max_errors=config["max_errors"],
+            errors_before=runstore.count_lines(run_dir / runstore.ERRORS),
+            skip_ids=skip_ids,
+            should_stop=lambda: stop.requested,
+        )
+        LocalExecutor().run(graph, stats, policy, errors.write_many, advance=advance)
+
+
+def _finish(config: dict[str, Any], run_dir: Path, graph: Graph, log: RunLog, attempt: _Attempt,
+            outcome: _Outcome) -> RunResult:
+    """Close the attempt on disk: its entry, metrics.json, then the manifest's status, exit code,
+    counts (from the files, so they hold every attempt's lines), timings, peak memory, error and
+    warnings; then run.log ending with the summary, and the copy to an experiment tracker."""
+    from composer.summary import summary_lines
+
+    manifest, entry, stats = attempt.manifest, attempt.entry, outcome.stats
+    entry.update(
+        finished_at=_now(),
+        status=outcome.status,
         records_ok=stats.records_ok,
         records_failed=stats.records_failed,
         batches=stats.batches,
     )
     runstore.write_json(run_dir / runstore.METRICS, _metrics(graph, stats, run_dir, config))
     manifest.update(
-        status=status,
-        exit_code=exit_code,
-        finished_at=attempt["finished_at"],
+        status=outcome.status,
+        exit_code=outcome.exit_code,
+        finished_at=entry["finished_at"],
         counts={
             "records_in": runstore.count_lines(run_dir / runstore.OUTPUTS) + runstore.count_lines(run_dir / runstore.ERRORS),
             "records_ok": runstore.count_lines(run_dir / runstore.OUTPUTS),
@@ -193,21 +261,26 @@ def _execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str],
             "batches": sum(a.get("batches", 0) for a in manifest["attempts"]),
         },
         timings={
-            "wall_seconds": time.perf_counter() - wall_started,
+            "wall_seconds": time.perf_counter() - outcome.wall_started,
             "processing_seconds": stats.seconds,
             "stage_seconds": stats.stage_seconds,
         },
-        peak_memory=_peak_memory(),
-        error=error_info,
+        peak_memory=runfacts.peak_memory(),
+        error=outcome.error,
         warnings=log.messages(),
     )
-    runstore.write_json(run_dir / runstore.MANIFEST, manifest)
+    runstore.write_manifest(run_dir, manifest)
     log.write(run_dir, summary_lines(run_dir))
     if (config.get("logger") or {}).get("type", "none") != "none":
         from composer.mlflow_logger import log_run
 
         log_run(run_dir, config)
-    return RunResult(run_dir, status, exit_code)
+    return RunResult(run_dir, outcome.status, outcome.exit_code)
+
+
+def _now() -> str:
+    """The time now (UTC) as the manifest writes it."""
+    return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
 def _quiet_library_noise() -> None:
@@ -217,14 +290,15 @@ def _quiet_library_noise() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _new_manifest(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def _new_manifest(config: dict[str, Any], overrides: list[str]) -> runstore.Manifest:
+    """The manifest of a run's first attempt: what it is and what it runs on (a resume keeps it)."""
     from composer.repro import git_state, package_versions, platform_info
 
     return {
-        "status": "running",
+        "status": RunStatus.RUNNING,
         "name": config["name"],
         "task": config["task"],
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "started_at": _now(),
         "config_sha256": hashlib.sha256(canonical_json(config).encode()).hexdigest(),
         "overrides": overrides,
         "seed": config["seed"],
@@ -245,24 +319,6 @@ def _attach_cache(graph: Graph, settings: dict[str, Any]) -> Any:
     for stage in graph.model_stages():
         stage.use_cache(cache, graph.upstream_fingerprint(stage.name))
     return cache
-
-
-def _shows_progress(enabled: bool | None) -> bool:
-    """`progress: null` means a bar only when stderr is a terminal."""
-    from rich.console import Console
-
-    return Console(stderr=True).is_terminal if enabled is None else enabled
-
-
-def _progress(show: bool, total: int | None):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    columns = [TextColumn("[bold]records"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-               TimeElapsedColumn(), TimeRemainingColumn()]
-    progress = Progress(*columns, console=console, disable=not show, transient=False)
-    return progress, progress.add_task("records", total=total, rate="")
 
 
 class _StopRequests:
@@ -290,46 +346,6 @@ class _StopRequests:
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-
-
-def _device_facts() -> dict[str, Any]:
-    import torch
-
-    facts: dict[str, Any] = {"cuda_available": torch.cuda.is_available()}
-    if torch.cuda.is_available():
-        facts["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        facts["cuda_version"] = torch.version.cuda
-    return facts
-
-
-_PROC_STATUS, _PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
-
-
-def _reset_peak_memory() -> None:
-    """Make the peaks this run's own. Sweep jobs share a process, and getrusage's ru_maxrss
-    survives fork+exec (a run started by a big process reports that process's peak); Linux
-    resets VmHWM, the peak _peak_memory reads, when "5" is written to clear_refs."""
-    import torch
-
-    try:
-        _PROC_CLEAR_REFS.write_text("5")
-    except OSError:
-        pass  # not Linux, or not allowed: the process-wide peak is reported (rss_source says so)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _peak_memory() -> dict[str, Any]:
-    import torch
-
-    try:
-        hwm = next(line for line in _PROC_STATUS.read_text().splitlines() if line.startswith("VmHWM:"))
-        peak: dict[str, Any] = {"rss_bytes": int(hwm.split()[1]) * 1024, "rss_source": "VmHWM"}
-    except (OSError, StopIteration):
-        peak = {"rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rss_source": "getrusage"}
-    if torch.cuda.is_available():
-        peak["cuda_bytes"] = int(torch.cuda.max_memory_allocated())
-    return peak
 
 
 def _stage_facts(graph: Graph, stage: Any) -> dict[str, Any]:
