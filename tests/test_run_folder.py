@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from composer import allocator, api
+from composer.runstore import FINISHED, Attempt, Manifest, RunStatus
 from composer.testing import tiny_model_path
 from conftest import read_jsonl, run_cli
 
@@ -90,6 +91,24 @@ def test_manifest_fields(demo_run):
     assert model["model"]["content_sha256"] != hashlib.sha256(b"").hexdigest()
     assert model["reads"] == ["text"] and model["writes"] == ["prediction"] and model["inputs"] == ["source"]
     assert stages["outputs"]["records_written"] == 24
+
+
+def test_the_manifest_is_the_declared_one_with_statuses_as_plain_words(demo_run):
+    """runstore declares manifest.json (Manifest, Attempt, in the order a new run writes its keys)
+    and its statuses (RunStatus, a str Enum): the file holds exactly those keys and the plain word."""
+    text = (demo_run / "manifest.json").read_text()
+    manifest = json.loads(text)
+    assert list(manifest) == list(Manifest.__annotations__)
+    assert [list(attempt) for attempt in manifest["attempts"]] == [list(Attempt.__annotations__)]
+    assert manifest["status"] == RunStatus.COMPLETE and type(manifest["status"]) is str
+    assert '\n  "status": "complete",\n' in text and manifest["attempts"][0]["status"] == "complete"
+    assert json.dumps({"status": RunStatus.FAILED}, indent=2) == '{\n  "status": "failed"\n}'
+    assert f"{RunStatus.ABORTED}" == str(RunStatus.ABORTED) == "aborted"
+    assert {status.value for status in RunStatus} == {
+        "running", "complete", "completed_with_errors", "aborted", "interrupted", "failed",  # a run's manifest
+        "config_error", "missing", "unknown",  # a sweep job without a run
+    }
+    assert FINISHED == (RunStatus.COMPLETE, RunStatus.COMPLETED_WITH_ERRORS) and "complete" in FINISHED
 
 
 def test_outputs_are_in_input_order_and_json_clean(demo_run):
