@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from composer.records import Record
-from composer.stages.base import ModelStage, Stage, require_field, reworded
+from composer.stages.base import FieldStage, ModelStage, Stage, require_field, reworded
 
 AudioFrom = Literal["auto", "path", "url"]
 
@@ -51,7 +51,7 @@ class AudioArray(np.ndarray):
         }
 
 
-class LoadAudio(Stage):
+class LoadAudio(FieldStage):
     """Load an audio field: decode, mix down to mono (audio pipelines take one channel), resample
     to the model's rate.
 
@@ -82,16 +82,14 @@ class LoadAudio(Stage):
         timeout: float = 10.0,
         max_bytes: int = 100_000_000,
     ):
-        output_field = output_field or field
-        super().__init__(name)
+        super().__init__(name, field, output_field)
         if source not in ("auto", "path", "url"):
             raise ValueError(f"source must be auto, path or url, got {source!r}")
         if sampling_rate is not None and (not isinstance(sampling_rate, int) or sampling_rate < 1):
             raise ValueError(f"sampling_rate must be a positive integer or null (the model's rate), got {sampling_rate!r}")
-        self.field, self.output_field, self.source = field, output_field, source
+        self.source = source
         self.sampling_rate, self.rate_from, self.min_seconds = sampling_rate, rate_from, min_seconds
         self.timeout, self.max_bytes = timeout, max_bytes
-        self.reads, self.writes = (field,), (output_field,)
         self._rate_stage: Any = None
         self._model_rate: int | None = None  # read once: without a loaded pipeline it means a file read
 
@@ -125,16 +123,8 @@ class LoadAudio(Stage):
             self._model_rate = int(rate)
         return self._model_rate
 
-    def process(self, records: list[Record]) -> list[Record]:
-        # Load every record before writing any: a failed batch is retried record by record, and
-        # a record whose field was already replaced would be decoded from its own output.
+    def compute(self, record: Record) -> AudioArray:
         rate = self.target_rate()
-        arrays = [self._load(record, rate) for record in records]
-        for record, array in zip(records, arrays):
-            record[self.output_field] = array
-        return records
-
-    def _load(self, record: Record, rate: int) -> AudioArray:
         value = require_field(record, self.field, self.name)
         try:
             samples, source_rate = self._decode(value, rate)

@@ -177,6 +177,27 @@ class ModelStage(BatchedStage, Protocol):
         """The audio rate the model's feature extractor expects (audio stages resample to it)."""
 
 
+class FieldStage(Stage):
+    """A stage that computes one value per record from `field` and writes it to `output_field`
+    (default: `field` itself). Every record's value is computed before any is written: a batch
+    that fails part-way is retried record by record, and none may see its field replaced already."""
+
+    def __init__(self, name: str, field: str, output_field: str | None):
+        super().__init__(name)
+        self.field, self.output_field = field, output_field or field
+        self.reads, self.writes = (field,), (self.output_field,)
+
+    def compute(self, record: Record) -> Any:
+        """The new value for `record` (raise to fail it)."""
+        raise NotImplementedError
+
+    def process(self, records: list[Record]) -> list[Record]:
+        values = [self.compute(record) for record in records]
+        for record, value in zip(records, values):
+            record[self.output_field] = value
+        return records
+
+
 class Source(Stage):
     """Yields records in input order, each with a stable `id`."""
 

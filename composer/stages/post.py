@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from composer.records import Record
-from composer.stages.base import Stage, require_field
+from composer.stages.base import FieldStage, Stage, require_field
 
 
 def _scored(prediction: Any) -> tuple[str, list[dict[str, Any]]]:
@@ -34,14 +34,8 @@ def _rebuild(shape: str, original: Any, items: list[dict[str, Any]]) -> Any:
     return items
 
 
-class _OnField(Stage):
+class _OnField(FieldStage):
     """A post transform reading one field and writing the result to `output_field` (default: same)."""
-
-    def __init__(self, name: str, field: str, output_field: str | None):
-        output_field = output_field or field
-        super().__init__(name)
-        self.field, self.output_field = field, output_field
-        self.reads, self.writes = (field,), (output_field,)
 
     def transform(self, prediction: Any) -> Any:
         raise NotImplementedError
@@ -51,12 +45,8 @@ class _OnField(Stage):
             return [self.transform(inner) for inner in prediction]
         return self.transform(prediction)
 
-    def process(self, records: list[Record]) -> list[Record]:
-        # Transform every record before writing any, so a failed batch can be retried per record.
-        results = [self._apply(require_field(record, self.field, self.name)) for record in records]
-        for record, result in zip(records, results):
-            record[self.output_field] = result
-        return records
+    def compute(self, record: Record) -> Any:
+        return self._apply(require_field(record, self.field, self.name))
 
 
 class TopK(_OnField):

@@ -8,7 +8,7 @@ import unicodedata
 from typing import Literal
 
 from composer.records import Record
-from composer.stages.base import Stage, require_field
+from composer.stages.base import FieldStage, Stage, require_field
 
 
 class Template(Stage):
@@ -61,7 +61,7 @@ def _placeholders(template: str) -> list[str]:
     return names
 
 
-class Normalize(Stage):
+class Normalize(FieldStage):
     """Clean a text field: Unicode normalisation, whitespace, case."""
 
     prefetchable = True  # cheap and thread-safe: runs in the prefetch thread, ahead of the model
@@ -77,22 +77,12 @@ class Normalize(Stage):
         collapse_whitespace: bool = True,
         lowercase: bool = False,
     ):
-        output_field = output_field or field
-        super().__init__(name)
+        super().__init__(name, field, output_field)
         if unicode_form not in (None, "NFC", "NFKC", "NFD", "NFKD"):
             raise ValueError(f"unicode_form must be NFC, NFKC, NFD, NFKD or null, got {unicode_form!r}")
-        self.field, self.output_field = field, output_field
         self.unicode_form, self.strip, self.collapse, self.lowercase = unicode_form, strip, collapse_whitespace, lowercase
-        self.reads, self.writes = (field,), (output_field,)
 
-    def process(self, records: list[Record]) -> list[Record]:
-        # Clean every record before writing any, so a failed batch can be retried record by record.
-        cleaned = [self._clean(record) for record in records]
-        for record, text in zip(records, cleaned):
-            record[self.output_field] = text
-        return records
-
-    def _clean(self, record: Record) -> str:
+    def compute(self, record: Record) -> str:
         text = require_field(record, self.field, self.name)
         if not isinstance(text, str):
             raise TypeError(f"record {record['id']!r}: field {self.field!r} is {type(text).__name__}, not text")

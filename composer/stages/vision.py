@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from composer.records import Record
-from composer.stages.base import Stage, require_field, reworded
+from composer.stages.base import FieldStage, Stage, require_field, reworded
 
 ImageFrom = Literal["auto", "path", "url", "base64"]
 
 
-class LoadImage(Stage):
+class LoadImage(FieldStage):
     """Load an image field: decode, apply the EXIF orientation, convert to RGB, resize/crop if asked.
 
     `source: auto` reads http(s) URLs, `data:image/...;base64,` URIs, paths, bytes, {bytes, path}
@@ -51,8 +51,7 @@ class LoadImage(Stage):
         timeout: float = 10.0,
         max_bytes: int = 20_000_000,
     ):
-        output_field = output_field or field
-        super().__init__(name)
+        super().__init__(name, field, output_field)
         if source not in ("auto", "path", "url", "base64"):
             raise ValueError(f"source must be auto, path, url or base64, got {source!r}")
         _check_ints("resize", resize, 2)
@@ -64,20 +63,11 @@ class LoadImage(Stage):
             raise ValueError(f"crop is [left, top, right, bottom] with right > left and bottom > top, got {crop!r}")
         if max_side is not None and (not isinstance(max_side, int) or max_side < 1):
             raise ValueError(f"max_side must be a positive integer or null, got {max_side!r}")
-        self.field, self.output_field, self.source, self.mode = field, output_field, source, mode
+        self.source, self.mode = source, mode
         self.resize, self.crop, self.max_side, self.min_side = resize, crop, max_side, min_side
         self.timeout, self.max_bytes = timeout, max_bytes
-        self.reads, self.writes = (field,), (output_field,)
 
-    def process(self, records: list[Record]) -> list[Record]:
-        # Load every record before writing any: a failed batch is retried record by record, and
-        # a record already replaced in place would be cropped twice.
-        images = [self._load(record) for record in records]
-        for record, image in zip(records, images):
-            record[self.output_field] = image
-        return records
-
-    def _load(self, record: Record) -> Any:
+    def compute(self, record: Record) -> Any:
         from PIL import Image, ImageOps
 
         value = require_field(record, self.field, self.name)
