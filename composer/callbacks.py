@@ -4,12 +4,19 @@ The callback runs in the process that ran the sweep, whatever launcher ran the j
 last job; it reads the job folders (never the jobs' memory), so it works the same for the basic
 launcher, joblib workers and submitit. It also leaves the jobs' exit codes for `composer run -m`
 to return: jobs that ran in other processes cannot report them any other way.
+
+It also keeps the sweep folder's record of itself, sweep.json (composer.sweep): written when the
+multirun starts (or marked running again when a sweep is resumed into its folder), and closed
+with each job's state read back from its folder when the multirun ends.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +25,72 @@ from hydra.experimental.callback import Callback
 log = logging.getLogger(__name__)
 # Exit codes of the jobs of the last multirun in this process (read by composer.cli).
 last_sweep_exit_codes: list[int] = []
+# The multirun under way in this process: {"dir": its sweep folder, "stop": Ctrl-C was pressed}.
+active_sweep: dict[str, Any] = {}
+# The last multirun that ended in this process: {"dir", "interrupted": stopped by Ctrl-C} (composer.cli).
+last_sweep: dict[str, Any] = {}
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    """Ctrl-C (or SIGTERM) in the process that runs the sweep, outside a run: no new job starts
+    (the sweep's record says `interrupted`, which jobs in other processes read before they
+    start); runs under way get the signal themselves and stop after their batches. A second one
+    stops at once."""
+    if active_sweep.get("stop"):
+        raise KeyboardInterrupt
+    active_sweep["stop"] = True
+    print("\ncomposer: stopping the sweep: running jobs finish their batches, no new job starts "
+          "(press Ctrl-C again to stop at once)", file=sys.stderr)
+    from composer.sweep import request_stop
+
+    # Not here: the lock on sweep.json may be held by the code this handler interrupted.
+    marker = threading.Thread(target=request_stop, args=(active_sweep["dir"],), daemon=True)
+    active_sweep["marker"] = marker
+    marker.start()
 
 
 class SweepReport(Callback):
     """Writes summary.csv, report.md, report.html and plots/ into the sweep folder."""
 
-    def __init__(self, enabled: bool = True, baseline: str | None = None) -> None:
-        self.enabled, self.baseline = enabled, baseline
+    def __init__(self, enabled: bool = True, baseline: str | None = None, retry_failed: bool = False) -> None:
+        # retry_failed is read by each job from its Hydra config (composer.cli._hydra_job), so
+        # that it reaches jobs in every launcher's processes; `composer resume --retry-failed`.
+        self.enabled, self.baseline, self.retry_failed = enabled, baseline, retry_failed
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from omegaconf import OmegaConf
+
+        from composer.sweep import begin_sweep, new_state
+
         last_sweep_exit_codes.clear()
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        overrides = OmegaConf.to_container(config.hydra.overrides, resolve=False)
+        started = new_state(list(overrides.get("task") or []), list(overrides.get("hydra") or []),
+                            str(OmegaConf.select(config, "hydra.launcher._target_", default="")),
+                            str(OmegaConf.select(config, "hydra.sweeper._target_", default="")))
+        active_sweep.clear()
+        active_sweep.update(dir=sweep_dir, pid=os.getpid(), stop=False)
+        last_sweep.clear()
+        begin_sweep(sweep_dir, started)
+        if threading.current_thread() is threading.main_thread():
+            active_sweep["handlers"] = {signum: signal.signal(signum, _on_stop_signal) for signum in _STOP_SIGNALS}
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         from composer.report import find_runs, write_report
         from composer.runstore import RunStatus
-        from composer.sweep import job_outcome
+        from composer.sweep import SWEEP_FINISHED, SWEEP_INTERRUPTED, end_sweep, job_outcome, stop_requested
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        for signum, handler in active_sweep.get("handlers", {}).items():
+            signal.signal(signum, handler)
+        if active_sweep.get("marker") is not None:
+            active_sweep["marker"].join()
+        stopped = bool(active_sweep.get("stop")) or stop_requested(sweep_dir)
+        active_sweep.clear()
+        last_sweep.update(dir=sweep_dir, interrupted=stopped)
+        if sweep_dir.is_dir():
+            end_sweep(sweep_dir, SWEEP_INTERRUPTED if stopped else SWEEP_FINISHED)
         jobs = find_runs(sweep_dir) if sweep_dir.is_dir() else []
         last_sweep_exit_codes[:] = [job_outcome(job)["exit_code"] for job in jobs]
         if not self.enabled or not jobs:
@@ -56,30 +112,53 @@ HYDRA_TARGET_PREFIXES = ("composer.", "hydra._internal.core_plugins.", "hydra_pl
 LOGGING_CLASS_PREFIXES = ("logging.", "colorlog.")
 
 
+def _hydra_config(overrides: list[str], extra_dir: Path | None) -> Any:
+    """The config with Hydra's own part, composed from `overrides` without their sweep ranges
+    (Hydra's settings do not depend on them); None when it does not compose."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from composer import configuration
+    from composer.configuration import CONFIG_NAME, config_dir, open_mapping_overrides
+
+    # The experiment a bare run gets, as the config check composes it (where configuration has it).
+    with_default = getattr(configuration, "with_default_experiment", list)
+    try:
+        chosen = [o.input_line for o in OverridesParser.create().parse_overrides(with_default(list(overrides)))
+                  if not o.is_sweep_override()]
+        search = [f"hydra.searchpath=[file://{extra_dir.resolve()}]"] if extra_dir else []
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return compose(CONFIG_NAME, overrides=[*open_mapping_overrides(chosen), *search], return_hydra_config=True)
+    except Exception:  # noqa: BLE001 - composition mistakes are the config check's to report
+        return None
+
+
+def sweep_settings(overrides: list[str], extra_dir: Path | None = None) -> dict[str, str] | None:
+    """Where a multirun of `overrides` writes (hydra.sweep.dir) and which sweeper runs it; None
+    when that cannot be worked out here (the config check or Hydra reports why)."""
+    from omegaconf import OmegaConf
+
+    cfg = _hydra_config(overrides, extra_dir)
+    try:
+        return {"dir": str(OmegaConf.select(cfg, "hydra.sweep.dir")),
+                "sweeper": str(OmegaConf.select(cfg, "hydra.sweeper._target_", default=""))}
+    except Exception:  # noqa: BLE001 - an interpolation that resolves only at run time
+        return None
+
+
 def hydra_issues(overrides: list[str], extra_dir: Path | None = None, multirun: bool = False) -> list[Any]:
     """ConfigIssues in what Hydra acts on itself before a job starts, where its own errors are
     a traceback and exit 1: a `_target_` under hydra (callbacks, launcher, sweeper) outside
     HYDRA_TARGET_PREFIXES, a logging class outside LOGGING_CLASS_PREFIXES, and a run folder
     composer may not write into (a file such as /dev/null, another program's folder). Empty
     when the config does not compose: the config check reports that."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
-    from composer import configuration, runstore
-    from composer.configuration import CONFIG_NAME, config_dir, open_mapping_overrides
+    from composer import runstore
     from composer.schema import ConfigIssue
 
-    # The experiment a bare run gets, as the config check composes it (where configuration has it).
-    with_default = getattr(configuration, "with_default_experiment", list)
-    try:
-        # A sweep's ranges do not compose; Hydra's own settings do not depend on them.
-        chosen = [o.input_line for o in OverridesParser.create().parse_overrides(with_default(list(overrides)))
-                  if not o.is_sweep_override()]
-        search = [f"hydra.searchpath=[file://{extra_dir.resolve()}]"] if extra_dir else []
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose(CONFIG_NAME, overrides=[*open_mapping_overrides(chosen), *search], return_hydra_config=True)
-    except Exception:  # noqa: BLE001 - composition mistakes are the config check's to report
+    cfg = _hydra_config(overrides, extra_dir)
+    if cfg is None:
         return []
     issues = []
     allow_any = bool(cfg.get("allow_any_target"))

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from composer.runstore import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED
+from composer.runstore import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, RunStatus
 from composer.schema import ConfigError, ConfigIssue
 
 USAGE = """usage: composer <verb> [options] [overrides...]
@@ -23,6 +23,10 @@ verbs:
                              (Hydra flags work: -m/--multirun, --cfg job, hydra.run.dir=...)
   resume RUN_DIR             continue a crashed or interrupted run: finished records are
                              skipped by id, a torn last line is repaired
+  resume SWEEP_DIR [--retry-failed]
+                             finish an interrupted `run -m`: finished jobs are kept, interrupted
+                             ones resume, pending ones run with their own job numbers, failed
+                             ones run again only with --retry-failed; then the sweep report
   verify RUN_DIR             re-execute a finished run from its folder alone; exit 0 when the
                              outputs are byte-identical and no recorded fact drifted, else 1
   report PATH... [--baseline RUN] [--out DIR]
@@ -71,23 +75,64 @@ def _sweep_jobs(overrides: list[str]) -> list[list[str]]:
         return [[o for o in overrides if "," not in o.split("=", 1)[-1]]]
 
 
-def _precheck(overrides: list[str], extra_dir: Path | None, multirun: bool) -> ConfigError | None:
+def _precheck(overrides: list[str], extra_dir: Path | None, multirun: bool) -> tuple[ConfigError | None, list[dict]]:
     """Every mistake of every job, before the first job starts: a sweep with one bad
-    combination runs none. None when all jobs are sound."""
+    combination runs none. (None, each job's resolved config) when all jobs are sound."""
     from composer import api
 
     search = [f"hydra.searchpath=[file://{extra_dir.resolve()}]"] if extra_dir else []
     jobs = _sweep_jobs(overrides) if multirun else [overrides]
-    issues = []
+    issues, configs = [], []
     for number, job in enumerate(jobs):
         try:
-            api.plan([*job, *search])
+            configs.append(api.plan([*job, *search])[0])
         except ConfigError as error:
             if not multirun:
-                return error
+                return error, []
             where = f"job {number} ({' '.join(job)})"
             issues += [ConfigIssue(f"{where}: {issue.path}" if issue.path else where, issue.message) for issue in error.issues]
-    return ConfigError(issues) if issues else None
+    return (ConfigError(issues) if issues else None), configs
+
+
+def _sweep_refusal(task_overrides: list[str], overrides: list[str], extra_dir: Path | None, configs: list[dict]) -> str | None:
+    """Why this multirun may not go into its sweep folder, or None. A folder holding a recorded
+    sweep (sweep.json) takes only the same sweep again, to resume it: the same sweeper, the same
+    jobs in the same order, and each job's config equal to its run's, apart from the settings
+    that change no output (schema.OUTPUT_NEUTRAL_KEYS). Each difference is named."""
+    from composer import sweep
+    from composer.callbacks import sweep_settings
+    from composer.runstore import CONFIG, SWEEP_STATE, differences, read_config
+    from composer.schema import OUTPUT_NEUTRAL_KEYS, with_defaults
+
+    settings = sweep_settings(overrides, extra_dir)
+    if settings is None or not (Path(settings["dir"]) / SWEEP_STATE).is_file():
+        return None
+    folder = Path(settings["dir"])
+    try:
+        state = sweep.read_state(folder)
+    except (OSError, sweep.SweepStateError) as error:
+        return str(error)
+    if sweep.BASIC_SWEEPER not in (state["sweeper"], settings["sweeper"]) or state["sweeper"] != settings["sweeper"]:
+        return (f"{folder} holds a sweep run by {state['sweeper']} and this command uses {settings['sweeper']}: a sweep "
+                "folder takes its own sweep again, and only sweeps of Hydra's basic sweeper resume (an Optuna study "
+                "is not continued: its jobs would be numbered again). Choose a new folder with hydra.sweep.dir=...")
+    changed = sweep.identity_differences(state, task_overrides, settings["sweeper"], OUTPUT_NEUTRAL_KEYS)
+    if not changed:
+        for number, (job, config) in enumerate(zip(state["jobs"], configs)):
+            job_dir = folder / job.get("dir", str(number))
+            try:
+                before = read_config(job_dir) if (job_dir / CONFIG).is_file() else None
+            except (OSError, ValueError):
+                before = None  # a damaged config.yaml: the run-level resume says so for that job
+            if isinstance(before, dict):
+                changed += [f"job {number}: {line}" for line in differences(with_defaults(before), with_defaults(config),
+                                                                            OUTPUT_NEUTRAL_KEYS)]
+    if not changed:
+        return None
+    listing = "\n".join(f"  - {line}" for line in changed[:20]) + (f"\n  ... and {len(changed) - 20} more" if len(changed) > 20 else "")
+    return (f"{folder} holds another sweep ({folder / SWEEP_STATE}), so this command cannot continue it:\n{listing}\n"
+            f"Resume it with its own command (`composer resume {folder}`), or start this sweep in a new folder "
+            "with hydra.sweep.dir=...")
 
 
 def _hydra_job(cfg) -> float | None:
@@ -97,15 +142,64 @@ def _hydra_job(cfg) -> float | None:
     and the sweep goes on. It returns the config's `objective` (for sweepers such as Optuna).
     """
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    from composer import api
     from composer.configuration import resolve
-    from composer.runstore import ResumeRefused
-    from composer.validation import validate
 
     hydra_cfg = HydraConfig.get()
     job_dir, task_overrides = Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task)
     plain, issues = resolve(cfg)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return _run_job(plain, issues, job_dir, task_overrides)
+    from omegaconf import OmegaConf
+
+    from composer.callbacks import active_sweep
+    from composer.sweep import RUNNING, folder_state, job_decision, request_stop, set_job_state, stop_requested
+
+    sweep_dir, number = Path(str(hydra_cfg.sweep.dir)), int(hydra_cfg.job.num)
+    if active_sweep.get("stop") or stop_requested(sweep_dir):  # Ctrl-C: no new job starts; resume runs it
+        print(f"composer: job {number} not started: the sweep was interrupted", file=sys.stderr)
+        _exit_codes.append(EXIT_INTERRUPTED)
+        return _objective(plain, None)
+    retry_failed = bool(OmegaConf.select(hydra_cfg, "callbacks.report.retry_failed", default=False))
+    decision = job_decision(job_dir, retry_failed)
+    if decision != "run":  # finished before, or failed and not retried: the folder stays as it is
+        return _kept_job(plain, job_dir, sweep_dir, number, decision)
+    set_job_state(sweep_dir, number, RUNNING, job_dir)
+    objective = _run_job(plain, issues, job_dir, task_overrides)
+    state = folder_state(job_dir)
+    set_job_state(sweep_dir, number, state, job_dir)
+    if state == RunStatus.INTERRUPTED:  # Ctrl-C stopped this job's run: the whole sweep stops
+        if active_sweep.get("pid") == os.getpid():
+            active_sweep["stop"] = True
+        request_stop(sweep_dir)
+    return objective
+
+
+def _kept_job(plain, job_dir: Path, sweep_dir: Path, number: int, decision: str) -> float | None:
+    """A job of a resumed sweep whose folder says it finished (or failed, without
+    --retry-failed): nothing runs; its exit code and objective count as before."""
+    from composer.sweep import folder_state, job_outcome, set_job_state
+
+    outcome, state = job_outcome(job_dir), folder_state(job_dir)
+    set_job_state(sweep_dir, number, state, job_dir)
+    _exit_codes.append(outcome["exit_code"])
+    if decision == "skip":
+        from composer.summary import summary_lines
+
+        print(f"composer: job {number} finished before ({state}), kept: {job_dir}", file=sys.stderr)
+        print("\n".join(summary_lines(job_dir)), flush=True)
+        return _objective(plain, job_dir)
+    print(f"composer: job {number} {state} before, kept (--retry-failed runs it again): {job_dir}", file=sys.stderr)
+    return _objective(plain, None)
+
+
+def _run_job(plain, issues: list, job_dir: Path, task_overrides: list[str]) -> float | None:
+    """Run (or resume) one job's run into `job_dir`; every failure is recorded, none raised."""
+    from composer import api
+    from composer.runstore import ResumeRefused
+    from composer.validation import validate
+
     try:
         if plain is not None:
             issues += validate(plain)
@@ -158,41 +252,134 @@ def run_command(argv: Sequence[str]) -> int:
     from composer import api
     from composer.configuration import config_dir, open_mapping_overrides, with_default_experiment
 
+    from composer.sweep import is_hydra_override
+
     args = _hydra_args(argv)
     overrides = list(args.overrides)
+    extra_dir = Path(args.config_dir) if args.config_dir else None
+    # Hydra composes what the checks composed: the demo experiment only for a bare run.
+    added = [o for o in with_default_experiment(overrides) if o not in overrides]
     if not (args.cfg or args.info or args.help or args.hydra_help or args.shell_completion):
-        error = _precheck(overrides, Path(args.config_dir) if args.config_dir else None, bool(args.multirun))
+        error, configs = _precheck(overrides, extra_dir, bool(args.multirun))
         if error is not None:
             _print_issues(error)
             return api.EXIT_CONFIG
         from composer.callbacks import hydra_issues  # Hydra's own targets and the run folder, before Hydra acts
 
-        refused = hydra_issues(overrides, Path(args.config_dir) if args.config_dir else None, bool(args.multirun))
+        refused = hydra_issues(overrides, extra_dir, bool(args.multirun))
         if refused:
             _print_issues(ConfigError(refused))
             return api.EXIT_CONFIG
-    # Hydra composes what the checks composed: the demo experiment only for a bare run.
-    added = [o for o in with_default_experiment(overrides) if o not in overrides]
+        if args.multirun:  # the task overrides as Hydra will see them (hydra.overrides.task)
+            task = [*added, *open_mapping_overrides([o for o in overrides if not is_hydra_override(o)])]
+            refusal = _sweep_refusal(task, overrides, extra_dir, configs)
+            if refusal:
+                print(f"composer: {refusal}", file=sys.stderr)
+                return api.EXIT_CONFIG
     rewritten = [*added, *(a if a not in overrides else open_mapping_overrides([a])[0] for a in argv)]
     main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(_hydra_job)
     saved_argv = sys.argv
     sys.argv = [saved_argv[0], *rewritten]
     try:
         main()
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a job's run
+        if not args.multirun:
+            raise
+        from composer.callbacks import active_sweep
+
+        return _sweep_interrupted(active_sweep.get("dir"))
     finally:
         sys.argv = saved_argv
-    from composer.callbacks import last_sweep_exit_codes  # jobs run by other processes (joblib, submitit)
+    from composer.callbacks import last_sweep, last_sweep_exit_codes  # jobs run by other processes
 
+    if args.multirun and last_sweep.get("interrupted"):
+        return _sweep_interrupted(last_sweep["dir"])
     return max([*_exit_codes, *last_sweep_exit_codes], default=api.EXIT_OK)
+
+
+def _sweep_interrupted(sweep_dir: Path | None) -> int:
+    """Ctrl-C stopped a multirun: the running job(s) recorded `interrupted` in their folders;
+    the sweep says so too, and how to finish it."""
+    import signal
+
+    from composer.callbacks import active_sweep
+    from composer.sweep import SWEEP_INTERRUPTED, end_sweep
+
+    for signum, handler in active_sweep.get("handlers", {}).items():  # stopped before the sweep's end
+        signal.signal(signum, handler)
+    active_sweep.clear()
+    if sweep_dir is None:
+        print("composer: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if sweep_dir.is_dir():
+        end_sweep(sweep_dir, SWEEP_INTERRUPTED)
+    print(f"composer: sweep interrupted; finish it with: composer resume {_shell_word(str(sweep_dir))}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _shell_word(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def _override_value(text: str) -> str:
+    """`text` as a value in a Hydra override: quoted when it holds characters the grammar reads."""
+    if all(c.isalnum() or c in "_-./" for c in text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _resume_sweep(sweep_dir: Path, retry_failed: bool) -> int:
+    """`composer resume SWEEP_DIR`: the recorded multirun again, into its own folder. Hydra
+    numbers the jobs as before; each job decides from its folder (cli._hydra_job)."""
+    from composer import sweep
+
+    try:
+        state = sweep.read_state(sweep_dir)
+    except (OSError, sweep.SweepStateError) as error:
+        print(f"composer: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if state["sweeper"] != sweep.BASIC_SWEEPER:
+        print(f"composer: {sweep_dir} holds a sweep run by {state['sweeper']}: only sweeps of Hydra's basic sweeper "
+              "(the default: `a=1,2 b=x,y`) resume; an Optuna study is not continued. Its finished trials stay in "
+              "their folders; start a new sweep in a new folder.", file=sys.stderr)
+        return EXIT_CONFIG
+    counts: dict[str, int] = {}
+    for job in state["jobs"]:
+        counts[job["status"]] = counts.get(job["status"], 0) + 1
+    shown = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    print(f"composer: resuming the sweep in {sweep_dir} ({len(state['jobs'])} jobs: {shown})", file=sys.stderr)
+    argv = ["-m", *state["hydra_overrides"], *state["overrides"],
+            f"hydra.sweep.dir={_override_value(str(sweep_dir.resolve()))}"]
+    if retry_failed:
+        argv.append("hydra.callbacks.report.retry_failed=true")
+    return run_command(argv)
 
 
 def resume_command(argv: Sequence[str]) -> int:
     from composer import api
-    from composer.runstore import ResumeRefused
+    from composer.runstore import MANIFEST, SWEEP_STATE, ResumeRefused
 
-    parser = argparse.ArgumentParser(prog="composer resume", description="continue an interrupted or crashed run")
-    parser.add_argument("run_dir", type=Path)
+    parser = argparse.ArgumentParser(prog="composer resume", description="continue an interrupted or crashed run or sweep")
+    parser.add_argument("run_dir", type=Path, metavar="RUN_OR_SWEEP_DIR")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="(a sweep) run the jobs that failed again; without it they are kept as they are")
     args = parser.parse_args(list(argv))
+    if (args.run_dir / SWEEP_STATE).is_file():
+        return _resume_sweep(args.run_dir, args.retry_failed)
+    if not (args.run_dir / MANIFEST).is_file():
+        what = ("a sweep folder from before composer recorded sweeps (it has no sweep.json): run its original "
+                f"`composer run -m ...` again with hydra.sweep.dir={args.run_dir} to finish it"
+                if (args.run_dir / "multirun.yaml").is_file() else
+                f"neither a run folder (it has no {MANIFEST}) nor a sweep folder (no {SWEEP_STATE}); name the folder "
+                "`composer run` wrote, e.g. runs/<name>/<timestamp> (a sweep's) or one of its job folders")
+        print(f"composer: {args.run_dir} is {what}", file=sys.stderr)
+        return api.EXIT_CONFIG
+    if args.retry_failed:
+        print(f"composer: --retry-failed is for sweep folders; {args.run_dir} is a run folder, which "
+              f"`composer resume {args.run_dir}` continues whatever ended it", file=sys.stderr)
+        return api.EXIT_CONFIG
     try:
         result = api.resume(args.run_dir)
     except (ConfigError, ResumeRefused, FileNotFoundError) as error:

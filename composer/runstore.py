@@ -398,3 +398,8 @@ def previous_attempt(run_dir: Path, config: dict[str, Any], neutral: frozenset[s
             "Choose a new folder with hydra.run.dir=..., or run again with the same config to resume."
         )
     return manifest
+
+
+# A sweep folder's record of itself (composer.sweep): the command's overrides, every job's
+# overrides in Hydra's order, the launcher, and each job's state; `composer resume SWEEP_DIR`.
+SWEEP_STATE = "sweep.json"
