@@ -389,6 +389,23 @@ def resume_command(argv: Sequence[str]) -> int:
     return result.exit_code
 
 
+def serve_command(argv: Sequence[str]) -> int:
+    """`composer serve [overrides] [--host H] [--port N]`: the config's graph over HTTP (composer.serve)."""
+    from composer import api
+    from composer.runstore import ResumeRefused
+    from composer.serve.server import parse_args, serve
+    from composer.serve.service import ServeRefused
+
+    args = parse_args(list(argv))
+    try:
+        return serve(api.compose(args.overrides), args.overrides, args.host, args.port)
+    except ConfigError as error:
+        _print_issues(error)
+    except (ServeRefused, ResumeRefused) as error:
+        print(f"composer: cannot serve: {error}", file=sys.stderr)
+    return api.EXIT_CONFIG
+
+
 def verify_command(argv: Sequence[str]) -> int:
     from composer import api
     from composer.runstore import MANIFEST
@@ -531,6 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plan": plan_command,
         "resume": resume_command,
         "verify": verify_command,
+        "serve": serve_command,
         "cache": cache_command,
         "report": report_command,
         "models": models_command,

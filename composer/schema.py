@@ -121,6 +121,18 @@ class CacheConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`composer serve`: how the HTTP server batches, bounds and logs requests (composer.serve)."""
+
+    max_wait_ms: float = 5.0  # how long the first record of a round waits for more to fill it
+    max_queue: int = 256  # records waiting for the model at most; past it a request gets 503 with Retry-After
+    timeout_s: float = 30.0  # a request not answered within this gets 504
+    max_body_bytes: int = 1_048_576  # larger request bodies get 413
+    allow_urls: bool = False  # media fields may be http(s) URLs (never private, link-local or loopback addresses)
+    run_dir: str | None = None  # the server's run folder (null: ${runs_root}/${name}/<timestamp>-serve)
+
+
+@dataclass
 class ComposerConfig:
     """The whole run: one model stage fed by one source, with optional transforms and stages.
 
@@ -176,6 +188,7 @@ class ComposerConfig:
     # The metrics.json path a sweeper optimises (hydra/sweeper=optuna), e.g. quality.model.macro_f1.
     objective: str | None = None
     logger: LoggerConfig = dataclasses.field(default_factory=LoggerConfig)  # logger=mlflow logs every finished run
+    serve: ServeConfig = neutral(factory=ServeConfig)  # `composer serve` only: batching wait, bounds, URL policy
 
 
 # Settings a run may be resumed with other values of: they never change a record's output.

@@ -180,6 +180,7 @@ def validate(config: dict) -> list[ConfigIssue]:
         if isinstance(value, int) and not isinstance(value, bool) and value < 1:
             issues.append(ConfigIssue(key, f"{key} must be >= 1, got {value}"))
     issues += _check_batching(config)
+    issues += _check_serve(config.get("serve"))
     issues += _check_metrics(config.get("metrics"), config.get("objective"))
     for key in ("pipeline", "call"):
         if "batch_size" in (config.get(key) or {}):
@@ -226,6 +227,19 @@ def _check_batching(config: dict) -> list[ConfigIssue]:
         issues.append(ConfigIssue("max_batch_tokens", f"max_batch_tokens must be >= 1 or null, got {budget}"))
     if _is_int(prefetch) and prefetch < 0:
         issues.append(ConfigIssue("prefetch", f"prefetch must be >= 0 (0: no background reading), got {prefetch}"))
+    return issues
+
+
+def _check_serve(serve: Any) -> list[ConfigIssue]:
+    """The server's bounds: a wait of 0 ms is allowed (no waiting), the rest must be positive
+    (a zero queue, timeout or body limit would refuse every request)."""
+    if not isinstance(serve, dict):
+        return []  # check_against reported it
+    issues = []
+    for key, zero_ok in (("max_wait_ms", True), ("max_queue", False), ("timeout_s", False), ("max_body_bytes", False)):
+        value = serve.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (value < 0 or (value == 0 and not zero_ok)):
+            issues.append(ConfigIssue(f"serve.{key}", f"serve.{key} must be {'>= 0' if zero_ok else '> 0'}, got {value}"))
     return issues
 
 

@@ -70,7 +70,7 @@ def test_with_defaults_reads_configs_that_stated_fewer_keys():
 
 def test_output_neutral_keys_are_declared_on_the_schema():
     assert schema.OUTPUT_NEUTRAL_KEYS == {"progress", "threads", "batch_size", "max_errors", "on_error", "cache", "sort_window",
-                                          "max_batch_tokens", "prefetch", "workers", "onednn_linear", "tune_malloc"}
+                                          "max_batch_tokens", "prefetch", "workers", "onednn_linear", "tune_malloc", "serve"}
 
 
 @pytest.mark.parametrize("type_name", sorted(t for t in STAGE_TYPES if t not in ("model",)))

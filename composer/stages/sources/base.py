@@ -66,6 +66,12 @@ class RowSource(Source):
         finally:
             rows.close()  # now, not at garbage collection: a reader may report what it saw (CsvSource)
 
+    def record_from_row(self, position: str, row: Any, seen: dict[str, int]) -> Record | RecordFailure:
+        """One raw row as the record iter_records would make of it (the same id, fields and
+        checks), or the failure naming `position`; `seen` holds the ids made so far (duplicates).
+        For callers handed rows one at a time: composer.serve, whose answers must equal a run's."""
+        return self._record(position, row, seen)
+
     def _record(self, position: str, row: Any, seen: dict[str, int]) -> Record | RecordFailure:
         if isinstance(row, RecordFailure):
             return row
