@@ -353,7 +353,7 @@ def _resume_sweep(sweep_dir: Path, retry_failed: bool) -> int:
     argv = ["-m", *state["hydra_overrides"], *state["overrides"],
             f"hydra.sweep.dir={_override_value(str(sweep_dir.resolve()))}"]
     if retry_failed:
-        argv.append("hydra.callbacks.report.retry_failed=true")
+        argv.append("++hydra.callbacks.report.retry_failed=true")
     return run_command(argv)
 
 

@@ -1,0 +1,317 @@
+"""Resuming a whole sweep (issue 21): kill -9 a multirun during its first job, between two jobs
+and during its last job, under the basic launcher and under joblib (two jobs at once), then
+`composer resume SWEEP_DIR`: every job's outputs equal an uninterrupted sweep's, no job folder is
+duplicated or renumbered, finished jobs are not run again, and summary.csv has one row per job.
+Also Ctrl-C, a sweep that is not the recorded one, a damaged sweep.json, --retry-failed and the
+submitit_local launcher's folder layout."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from composer.testing import tiny_model_path
+from conftest import ROWS, run_cli, write_jsonl
+
+N_RECORDS = 160
+# Greedy text generation with the tiny GPT-2, one record a batch: a job takes seconds, long enough
+# to be killed in its middle, and its outputs are deterministic.
+CONFIG = ["experiment=tiny-sentiment", "task=text-generation", "model=tiny-text-generation", "input=jsonl",
+          "input.id_field=n", "batch_size=1", "threads=1", "call.do_sample=false", "progress=false"]
+SWEPT = ["call.max_new_tokens=6,8,10"]  # three jobs, each with its own outputs
+JOBS = ["0", "1", "2"]
+LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
+# summary.csv columns that are timings, not results, and what a resumed run counts for its last
+# attempt only (run-level resume: throughput.*, the model's input_tokens and latency batches), and
+# counts.batches (a killed attempt never recorded its batches).
+TIMING = ("throughput.", "latency", "seconds", "peak_memory.", "models.model.load", "input_tokens", "counts.batches")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    rows = [{"n": i, "text": " ".join(words[(i + k) % len(words)] for k in range(1 + i % 7))} for i in range(N_RECORDS)]
+    return write_jsonl(tmp_path_factory.mktemp("data") / "input.jsonl", rows)
+
+
+def _command(data: Path, sweep: Path, extra: list[str] = ()) -> list[str]:
+    return ["run", "-m", *CONFIG, f"input.path={data}", *SWEPT, *extra, f"hydra.sweep.dir={sweep}"]
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory) -> Path:
+    """The same sweep, never interrupted."""
+    work = tmp_path_factory.mktemp("reference")
+    run_cli(*_command(data, work / "sweep"), cwd=work, check=True)
+    return work / "sweep"
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    """`composer ...` in a session of its own, so that killing its group kills joblib's workers too."""
+    return subprocess.Popen([sys.executable, "-m", "composer", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy(), start_new_session=True)
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _wait(ready, process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the sweep ended before {what}: {process.communicate()}")
+        time.sleep(0.02)
+    raise AssertionError(f"never reached: {what}")
+
+
+def _kill_9(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+
+
+def _status(job: Path) -> str | None:
+    manifest = job / "manifest.json"
+    return json.loads(manifest.read_text())["status"] if manifest.exists() else None
+
+
+def _attempts(job: Path) -> int:
+    return len(json.loads((job / "manifest.json").read_text())["attempts"])
+
+
+def _summary(sweep: Path) -> list[dict[str, str]]:
+    with (sweep / "summary.csv").open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _results(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if not any(t in k for t in TIMING)} for row in rows]
+
+
+def _job_folders(sweep: Path) -> list[str]:
+    return sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name not in ("plots", ".submitit"))
+
+
+def _assert_equals_reference(sweep: Path, reference: Path) -> None:
+    assert _job_folders(sweep) == JOBS  # none duplicated, none renumbered
+    for job in JOBS:
+        for name in ("outputs.jsonl", "errors.jsonl", "config.yaml", ".hydra/overrides.yaml"):
+            assert (sweep / job / name).read_bytes() == (reference / job / name).read_bytes(), f"{job}/{name}"
+        manifest, expected = (json.loads((folder / job / "manifest.json").read_text()) for folder in (sweep, reference))
+        assert manifest["status"] == "complete" and manifest["exit_code"] == 0
+        assert manifest["config_sha256"] == expected["config_sha256"]
+        assert {k: v for k, v in manifest["counts"].items() if k != "batches"} == \
+            {k: v for k, v in expected["counts"].items() if k != "batches"}
+    rows = _summary(sweep)
+    assert [row["run"] for row in rows] == JOBS  # one row per job
+    assert list(rows[0]) == list(_summary(reference)[0])
+    assert _results(rows) == _results(_summary(reference))
+    state, expected_state = (json.loads((folder / "sweep.json").read_text()) for folder in (sweep, reference))
+    assert state["status"] == "finished"
+    assert [(j["job"], j["status"], j["dir"]) for j in state["jobs"]] == [(n, "complete", str(n)) for n in range(3)]
+    assert [j["overrides"] for j in state["jobs"]] == [j["overrides"] for j in expected_state["jobs"]]
+    assert (sweep / "report.md").is_file() and (sweep / "report.html").is_file()
+
+
+def test_an_uninterrupted_sweep_records_itself(reference, data):
+    state = json.loads((reference / "sweep.json").read_text())
+    assert state["status"] == "finished" and state["sweeper"].endswith("BasicSweeper")
+    assert state["launcher"].endswith("BasicLauncher") and state["hydra_overrides"] == []
+    # The overrides as Hydra got them (`call.` is an open mapping: composer writes `++call.`).
+    assert f"input.path={data}" in state["overrides"] and "++call.max_new_tokens=6,8,10" in state["overrides"]
+    assert [j["overrides"][-1] for j in state["jobs"]] == ["++call.max_new_tokens=6", "++call.max_new_tokens=8",
+                                                           "++call.max_new_tokens=10"]
+    assert [j["status"] for j in state["jobs"]] == ["complete"] * 3
+    assert len(state["attempts"]) == 1 and state["attempts"][0]["status"] == "finished"
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+@pytest.mark.parametrize("point", ["during the first job", "between jobs", "during the last job"])
+def test_kill_9_then_resume_equals_an_uninterrupted_sweep(launcher, point, data, reference, tmp_path):
+    sweep, marker = tmp_path / "sweep", tmp_path / "paused"
+    extra = list(LAUNCHERS[launcher])
+    if point == "between jobs":  # job 0 has ended; the process that ran it waits before its next job
+        extra += ["+hydra.callbacks.pause._target_=composer.testing.sweep_pause.PauseAfterJob",
+                  "+hydra.callbacks.pause.job=0", f"+hydra.callbacks.pause.marker={marker}"]
+    process = _start(_command(data, sweep, extra), tmp_path)
+    if point == "during the first job":
+        _wait(lambda: _lines(sweep / "0" / "outputs.jsonl") >= 10, process, "job 0 wrote 10 lines")
+    elif point == "between jobs":
+        _wait(marker.exists, process, "job 0 ended")
+    else:
+        _wait(lambda: _lines(sweep / "2" / "outputs.jsonl") >= 10, process, "job 2 wrote 10 lines")
+    _kill_9(process)
+
+    before = {job: _status(sweep / job) for job in JOBS}
+    written = {job: _lines(sweep / job / "outputs.jsonl") for job in JOBS}
+    killed = {"during the first job": "0", "between jobs": None, "during the last job": "2"}[point]
+    if killed is not None:
+        assert before[killed] == "running" and _lines(sweep / killed / "outputs.jsonl") < N_RECORDS
+    if point == "between jobs":
+        assert before["0"] == "complete"
+    if launcher == "basic":  # one job at a time: the jobs before are complete, those after never started
+        order = {"during the first job": 0, "between jobs": 1, "during the last job": 2}[point]
+        assert [before[job] for job in JOBS[:order]] == ["complete"] * order
+        assert all(before[job] is None for job in JOBS[order + (killed is not None):])
+    else:  # joblib: two jobs at once, both may have been killed
+        assert "running" in before.values() or point == "between jobs"
+    assert not (sweep / "summary.csv").exists()
+    state = json.loads((sweep / "sweep.json").read_text())
+    assert state["status"] == "running" and len(state["jobs"]) == 3
+    if killed is not None:
+        assert state["jobs"][int(killed)]["status"] == "running"
+
+    done = run_cli("resume", str(sweep), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "sweep report: 3 runs (0 not complete)" in done.stderr
+    _assert_equals_reference(sweep, reference)
+    for job in JOBS:  # a finished job is kept, an interrupted one continued: none ran from scratch twice
+        attempts = _attempts(sweep / job)
+        if before[job] == "complete":
+            assert attempts == 1 and f"job {job} finished before (complete), kept" in done.stderr
+        elif before[job] == "running":
+            assert attempts == 2
+            resumed = json.loads((sweep / job / "manifest.json").read_text())["attempts"][1]
+            assert resumed["skipped"] == written[job]  # what the killed attempt wrote was kept, not redone
+        else:
+            assert attempts == 1
+    assert marker.exists() == (point == "between jobs")
+
+
+def test_ctrl_c_stops_the_sweep_cleanly_and_says_how_to_resume(data, reference, tmp_path):
+    """Ctrl-C during job 1: job 1 finishes its batch and records `interrupted`, job 2 never
+    starts, the sweep says `interrupted` and prints the resume command; resume finishes it."""
+    sweep = tmp_path / "sweep"
+    process = _start(_command(data, sweep), tmp_path)
+    _wait(lambda: _lines(sweep / "1" / "outputs.jsonl") >= 10, process, "job 1 wrote 10 lines")
+    os.killpg(process.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert f"composer: sweep interrupted; finish it with: composer resume {sweep}" in stderr
+    assert "Traceback" not in stderr
+    assert [_status(sweep / job) for job in JOBS] == ["complete", "interrupted", None]
+    state = json.loads((sweep / "sweep.json").read_text())
+    assert state["status"] == "interrupted"
+    assert [j["status"] for j in state["jobs"]] == ["complete", "interrupted", "pending"]
+    done = run_cli("resume", str(sweep), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "(3 jobs: 1 complete, 1 interrupted, 1 pending)" in done.stderr
+    _assert_equals_reference(sweep, reference)
+
+
+def _copy(reference: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "sweep"
+    shutil.copytree(reference, copy)
+    return copy
+
+
+def test_the_same_command_pointed_at_the_folder_resumes_and_another_sweep_is_refused(data, reference, tmp_path):
+    sweep = _copy(reference, tmp_path)
+    recorded = (sweep / "sweep.json").read_bytes()
+    other = run_cli("run", "-m", *CONFIG, f"input.path={data}", "call.max_new_tokens=6,8,12", f"hydra.sweep.dir={sweep}",
+                    cwd=tmp_path)
+    assert other.returncode == 2, other.stderr
+    assert f"{sweep} holds another sweep" in other.stderr
+    assert "job 2: ++call.max_new_tokens=10 -> ++call.max_new_tokens=12" in other.stderr
+    assert "composer resume" in other.stderr and "Traceback" not in other.stderr
+    fewer = run_cli("run", "-m", *CONFIG, f"input.path={data}", "call.max_new_tokens=6,8", f"hydra.sweep.dir={sweep}",
+                    cwd=tmp_path)
+    assert fewer.returncode == 2 and "the sweep has 3 jobs, this command makes 2" in fewer.stderr
+    reordered = run_cli("run", "-m", *CONFIG, f"input.path={data}", "call.max_new_tokens=10,8,6",
+                        f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert reordered.returncode == 2 and "job 0: ++call.max_new_tokens=6 -> ++call.max_new_tokens=10" in reordered.stderr
+    assert (sweep / "sweep.json").read_bytes() == recorded  # refused before anything was written
+    # A setting that changes no output (threads) may differ: the finished jobs are kept as they are.
+    same = run_cli(*_command(data, sweep, ["threads=2"]), cwd=tmp_path)
+    assert same.returncode == 0, same.stderr
+    assert same.stderr.count("finished before (complete), kept") == 3
+    assert [_attempts(sweep / job) for job in JOBS] == [1, 1, 1]
+    for job in JOBS:
+        assert (sweep / job / "outputs.jsonl").read_bytes() == (reference / job / "outputs.jsonl").read_bytes()
+    assert len(json.loads((sweep / "sweep.json").read_text())["attempts"]) == 2
+
+
+def test_user_mistakes_are_one_clear_message_and_exit_2(data, reference, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = run_cli("resume", str(empty), cwd=tmp_path)
+    assert done.returncode == 2 and "is neither a run folder" in done.stderr and "Traceback" not in done.stderr
+    sweep = _copy(reference, tmp_path)
+    (sweep / "sweep.json").write_text('{"version": 1, "jobs": [')
+    for args in (["resume", str(sweep)], _command(data, sweep)):
+        done = run_cli(*args, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert f"{sweep / 'sweep.json'} is not valid JSON" in done.stderr and "Traceback" not in done.stderr
+        assert "delete it and run the sweep's original" in done.stderr
+    (sweep / "sweep.json").write_text(json.dumps({**json.loads((reference / "sweep.json").read_text()), "jobs": "all"}))
+    done = run_cli("resume", str(sweep), cwd=tmp_path)
+    assert done.returncode == 2 and "has no valid `jobs`" in done.stderr
+    run = reference / "0"
+    done = run_cli("resume", "--retry-failed", str(run), cwd=tmp_path)
+    assert done.returncode == 2 and "--retry-failed is for sweep folders" in done.stderr
+
+
+def test_failed_jobs_are_kept_unless_retry_failed(tmp_path):
+    """A job whose model does not load fails; resume keeps it failed (its folder untouched)
+    until --retry-failed, which runs it again once the model is repaired."""
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model_path("text-classification"), broken)
+    weights = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(b"\0" * 64)
+    data = write_jsonl(tmp_path / "labelled.jsonl", ROWS)
+    command = ["run", "-m", "experiment=tiny-sentiment", "task=text-classification", "threads=1", "progress=false",
+               "input=jsonl", f"input.path={data}", "input.id_field=uid", f"model.id=tiny:text-classification,{broken}",
+               "hydra.sweep.dir=sweep"]
+    first = run_cli(*command, cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    assert first.returncode == 4, first.stderr
+    assert [_status(sweep / job) for job in ("0", "1")] == ["complete", "failed"]
+    failed_manifest = (sweep / "1" / "manifest.json").read_bytes()
+    kept = run_cli("resume", str(sweep), cwd=tmp_path)
+    assert kept.returncode == 4, kept.stderr
+    assert "job 1 failed before, kept (--retry-failed runs it again)" in kept.stderr
+    assert (sweep / "1" / "manifest.json").read_bytes() == failed_manifest
+    assert [j["status"] for j in json.loads((sweep / "sweep.json").read_text())["jobs"]] == ["complete", "failed"]
+    (broken / "model.safetensors").write_bytes(weights)
+    retried = run_cli("resume", "--retry-failed", str(sweep), cwd=tmp_path)
+    assert retried.returncode == 0, retried.stderr
+    assert [_status(sweep / job) for job in ("0", "1")] == ["complete", "complete"]
+    assert [_attempts(sweep / job) for job in ("0", "1")] == [1, 2]
+    assert [(r["run"], r["status"]) for r in _summary(sweep)] == [("0", "complete"), ("1", "complete")]
+    assert [j["status"] for j in json.loads((sweep / "sweep.json").read_text())["jobs"]] == ["complete", "complete"]
+
+
+def test_submitit_local_sweep_resumes_in_its_folder_layout(tmp_path):
+    """submitit runs each job in a process of its own and keeps .submitit/ in the sweep folder:
+    killed after its first job ended, the sweep resumes through submitit to the same folders."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    data = write_jsonl(tmp_path / "labelled.jsonl", ROWS)
+    marker = tmp_path / "paused"
+    command = ["run", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "experiment=tiny-sentiment",
+               "task=text-classification", "model=tiny-text-classification", "threads=1", "progress=false",
+               "input=jsonl", f"input.path={data}", "input.id_field=uid", "batch_size=1,2", "hydra.sweep.dir=sweep",
+               "+hydra.callbacks.pause._target_=composer.testing.sweep_pause.PauseAfterJob",
+               "+hydra.callbacks.pause.job=0", f"+hydra.callbacks.pause.marker={marker}"]
+    process = _start(command, tmp_path)
+    _wait(marker.exists, process, "job 0 ended")
+    _kill_9(process)
+    sweep = tmp_path / "sweep"
+    assert _status(sweep / "0") == "complete" and (sweep / ".submitit").is_dir()
+    done = run_cli("resume", str(sweep), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert _job_folders(sweep) == ["0", "1"]
+    assert _attempts(sweep / "0") == 1 and _status(sweep / "1") == "complete"
+    assert [(r["run"], r["batch_size"], r["status"]) for r in _summary(sweep)] == [("0", "1", "complete"), ("1", "2", "complete")]
+    state = json.loads((sweep / "sweep.json").read_text())
+    assert state["launcher"].endswith("LocalLauncher") and state["status"] == "finished"
