@@ -133,15 +133,18 @@ def _hydra_config(overrides: list[str], extra_dir: Path | None) -> Any:
         return None
 
 
-def sweep_settings(overrides: list[str], extra_dir: Path | None = None) -> dict[str, str] | None:
-    """Where a multirun of `overrides` writes (hydra.sweep.dir) and which sweeper runs it; None
-    when that cannot be worked out here (the config check or Hydra reports why)."""
+def sweep_settings(overrides: list[str], extra_dir: Path | None = None) -> dict[str, Any] | None:
+    """Where a multirun of `overrides` writes (hydra.sweep.dir), which sweeper runs it, and that
+    sweeper's storage and sampler seed (Optuna's); None when that cannot be worked out here (the
+    config check or Hydra reports why)."""
     from omegaconf import OmegaConf
 
     cfg = _hydra_config(overrides, extra_dir)
     try:
         return {"dir": str(OmegaConf.select(cfg, "hydra.sweep.dir")),
-                "sweeper": str(OmegaConf.select(cfg, "hydra.sweeper._target_", default=""))}
+                "sweeper": str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")),
+                "storage": OmegaConf.select(cfg, "hydra.sweeper.storage", default=None),
+                "seed": OmegaConf.select(cfg, "hydra.sweeper.sampler.seed", default=None)}
     except Exception:  # noqa: BLE001 - an interpolation that resolves only at run time
         return None
 

@@ -112,12 +112,25 @@ def _sweep_refusal(task_overrides: list[str], overrides: list[str], extra_dir: P
         state = sweep.read_state(folder)
     except (OSError, sweep.SweepStateError) as error:
         return str(error)
-    if sweep.BASIC_SWEEPER not in (state["sweeper"], settings["sweeper"]) or state["sweeper"] != settings["sweeper"]:
+    if state["sweeper"] != settings["sweeper"] or state["sweeper"] not in (sweep.BASIC_SWEEPER, sweep.OPTUNA_SWEEPER):
         return (f"{folder} holds a sweep run by {state['sweeper']} and this command uses {settings['sweeper']}: a sweep "
-                "folder takes its own sweep again, and only sweeps of Hydra's basic sweeper resume (an Optuna study "
-                "is not continued: its jobs would be numbered again). Choose a new folder with hydra.sweep.dir=...")
+                "folder takes its own sweep again, and sweeps of Hydra's basic sweeper and of the Optuna sweeper "
+                "resume, no other. Choose a new folder with hydra.sweep.dir=...")
+    if state["sweeper"] == sweep.OPTUNA_SWEEPER:
+        # The study is replayed from the trial folders: each trial asks the seeded sampler again,
+        # gets the parameters it had, finds its folder finished and returns the objective it
+        # returned, so the study goes on where it stopped, toward the configured n_trials.
+        if settings["storage"] is not None:
+            return (f"{folder} holds an Optuna sweep with a study storage (hydra.sweeper.storage="
+                    f"{settings['storage']}): its study already holds the trials that ran, so running it again would "
+                    "number its trials anew over the trial folders. Composer resumes Optuna sweeps without a storage "
+                    "(the default), replaying the study from the trial folders; choose a new hydra.sweep.dir=...")
+        if settings["seed"] is None:
+            return (f"{folder} holds an Optuna sweep whose sampler has no seed: its trials cannot be replayed from "
+                    "their folders (the sampler would propose other parameters). Set hydra.sweeper.sampler.seed "
+                    "when you start a sweep you may resume; choose a new hydra.sweep.dir=... for this one")
     changed = sweep.identity_differences(state, task_overrides, settings["sweeper"], OUTPUT_NEUTRAL_KEYS)
-    if not changed:
+    if not changed and state["sweeper"] == sweep.BASIC_SWEEPER:
         for number, (job, config) in enumerate(zip(state["jobs"], configs)):
             job_dir = folder / job.get("dir", str(number))
             try:
@@ -339,11 +352,6 @@ def _resume_sweep(sweep_dir: Path, retry_failed: bool) -> int:
         state = sweep.read_state(sweep_dir)
     except (OSError, sweep.SweepStateError) as error:
         print(f"composer: {error}", file=sys.stderr)
-        return EXIT_CONFIG
-    if state["sweeper"] != sweep.BASIC_SWEEPER:
-        print(f"composer: {sweep_dir} holds a sweep run by {state['sweeper']}: only sweeps of Hydra's basic sweeper "
-              "(the default: `a=1,2 b=x,y`) resume; an Optuna study is not continued. Its finished trials stay in "
-              "their folders; start a new sweep in a new folder.", file=sys.stderr)
         return EXIT_CONFIG
     counts: dict[str, int] = {}
     for job in state["jobs"]:

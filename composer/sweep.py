@@ -106,6 +106,8 @@ PENDING, RUNNING = "pending", str(RunStatus.RUNNING)
 # The sweep's own status: running (or killed while it ran), interrupted (Ctrl-C), finished.
 SWEEP_RUNNING, SWEEP_INTERRUPTED, SWEEP_FINISHED = "running", str(RunStatus.INTERRUPTED), "finished"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# hydra/sweeper=optuna: resumed by replaying its study from the trial folders (cli._sweep_refusal).
+OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 # Hydra settings that say where a sweep is and how to resume it, not what it is: never recorded.
 RESUME_SETTINGS = ("hydra.sweep.dir", "hydra.mode", "hydra.callbacks.report.retry_failed")
 # Job folder states a resume leaves alone unless asked (--retry-failed).
@@ -313,13 +315,21 @@ def job_decision(job_dir: Path, retry_failed: bool) -> str:
 def identity_differences(state: dict[str, Any], task_overrides: list[str], sweeper: str,
                          neutral: frozenset[str] = frozenset()) -> list[str]:
     """What makes this command another sweep than the one recorded in `state`: another sweeper,
-    or another job list (overrides of the `neutral` settings, which change no output, aside)."""
+    or another job list (overrides of the `neutral` settings, which change no output, aside);
+    for a sweeper whose jobs are not known up front (Optuna), other overrides."""
     if sweeper != state["sweeper"]:
         return [f"sweeper: {state['sweeper']} -> {sweeper}"]
-    jobs = job_list(task_overrides) or []
 
     def kept(job: list[str]) -> list[str]:
         return sorted(o for o in job if override_key(o).split(".")[0] not in neutral)
+
+    if sweeper != BASIC_SWEEPER:
+        old, new = kept(state["overrides"]), kept(list(task_overrides))
+        if old == new:
+            return []
+        return [f"overrides: {' '.join(o for o in old if o not in new) or '(nothing)'} -> "
+                f"{' '.join(o for o in new if o not in old) or '(nothing)'}"]
+    jobs = job_list(task_overrides) or []
 
     recorded = [job["overrides"] for job in state["jobs"]]
     lines = []

@@ -315,3 +315,39 @@ def test_submitit_local_sweep_resumes_in_its_folder_layout(tmp_path):
     assert [(r["run"], r["batch_size"], r["status"]) for r in _summary(sweep)] == [("0", "1", "complete"), ("1", "2", "complete")]
     state = json.loads((sweep / "sweep.json").read_text())
     assert state["launcher"].endswith("LocalLauncher") and state["status"] == "finished"
+
+
+def test_an_optuna_sweep_resumes_its_study_toward_the_configured_trials(tmp_path):
+    """Killed after trial 0, an Optuna sweep (seeded sampler, no storage: the default) resumes by
+    replaying its study from the trial folders: trial 0 is kept and gives the sampler the value
+    it gave, trials 1 and 2 get the parameters an uninterrupted sweep gave them, in the folders it
+    used, and the study ends at the configured 3 trials with the same best value."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    data = write_jsonl(tmp_path / "labelled.jsonl", ROWS)
+    command = ["run", "-m", "experiment=optuna-threshold", "hydra.sweeper.n_trials=3", "threads=1", "progress=false",
+               "input=jsonl", f"input.path={data}", "input.label_field=label", "input.id_field=uid"]
+    run_cli(*command, "hydra.sweep.dir=whole", cwd=tmp_path, check=True)
+    marker = tmp_path / "paused"
+    process = _start([*command, "hydra.sweep.dir=sweep", "+hydra.callbacks.pause._target_=composer.testing.sweep_pause.PauseAfterJob",
+                      "+hydra.callbacks.pause.job=0", f"+hydra.callbacks.pause.marker={marker}"], tmp_path)
+    _wait(marker.exists, process, "trial 0 ended")
+    _kill_9(process)
+    sweep, whole = tmp_path / "sweep", tmp_path / "whole"
+    assert _job_folders(sweep) == ["0"] and _status(sweep / "0") == "complete"
+    done = run_cli("resume", str(sweep), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "job 0 finished before (complete), kept" in done.stderr
+    assert _job_folders(sweep) == ["0", "1", "2"] and _attempts(sweep / "0") == 1
+    for job in ("0", "1", "2"):
+        for name in ("outputs.jsonl", "config.yaml", ".hydra/overrides.yaml"):
+            assert (sweep / job / name).read_bytes() == (whole / job / name).read_bytes(), f"{job}/{name}"
+    assert (sweep / "optimization_results.yaml").read_text() == (whole / "optimization_results.yaml").read_text()
+    assert _results(_summary(sweep)) == _results(_summary(whole))
+    state = json.loads((sweep / "sweep.json").read_text())
+    assert state["sweeper"].endswith("OptunaSweeper") and [j["status"] for j in state["jobs"]] == ["complete"] * 3
+    # A study that cannot be replayed is refused before anything runs: a storage holds its trials
+    # already, and an unseeded sampler would propose other parameters.
+    for setting, said in (("hydra.sweeper.storage=sqlite:///study.db", "with a study storage"),
+                          ("hydra.sweeper.sampler.seed=null", "sampler has no seed")):
+        refused = run_cli(*command, setting, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+        assert refused.returncode == 2 and said in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
