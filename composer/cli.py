@@ -303,6 +303,7 @@ def run_command(argv: Sequence[str]) -> int:
         return _sweep_interrupted(active_sweep.get("dir"))
     finally:
         sys.argv = saved_argv
+        _restore_signal_handlers()
     from composer.callbacks import last_sweep, last_sweep_exit_codes  # jobs run by other processes
 
     if args.multirun and last_sweep.get("interrupted"):
@@ -310,16 +311,24 @@ def run_command(argv: Sequence[str]) -> int:
     return max([*_exit_codes, *last_sweep_exit_codes], default=api.EXIT_OK)
 
 
-def _sweep_interrupted(sweep_dir: Path | None) -> int:
-    """Ctrl-C stopped a multirun: the running job(s) recorded `interrupted` in their folders;
-    the sweep says so too, and how to finish it."""
+def _restore_signal_handlers() -> None:
+    """The Ctrl-C handlers from before the multirun, when it ended early (Hydra stopped on an
+    error, a second Ctrl-C): the sweep's own handler outlives it in no caller."""
     import signal
 
     from composer.callbacks import active_sweep
+
+    for signum, handler in active_sweep.pop("handlers", {}).items():
+        signal.signal(signum, handler)
+
+
+def _sweep_interrupted(sweep_dir: Path | None) -> int:
+    """Ctrl-C stopped a multirun: the running job(s) recorded `interrupted` in their folders;
+    the sweep says so too, and how to finish it."""
+    from composer.callbacks import active_sweep
     from composer.sweep import SWEEP_INTERRUPTED, end_sweep
 
-    for signum, handler in active_sweep.get("handlers", {}).items():  # stopped before the sweep's end
-        signal.signal(signum, handler)
+    _restore_signal_handlers()
     active_sweep.clear()
     if sweep_dir is None:
         print("composer: interrupted", file=sys.stderr)
@@ -362,7 +371,16 @@ def _resume_sweep(sweep_dir: Path, retry_failed: bool) -> int:
             f"hydra.sweep.dir={_override_value(str(sweep_dir.resolve()))}"]
     if retry_failed:
         argv.append("++hydra.callbacks.report.retry_failed=true")
-    return run_command(argv)
+    # From where the sweep was started, as the same command: its relative paths mean what they meant.
+    started_in, here = state.get("cwd"), os.getcwd()
+    if not (isinstance(started_in, str) and Path(started_in).is_dir()) or Path(started_in) == Path(here):
+        return run_command(argv)
+    print(f"composer: the sweep was started in {started_in}: resuming it from there", file=sys.stderr)
+    os.chdir(started_in)
+    try:
+        return run_command(argv)
+    finally:
+        os.chdir(here)
 
 
 def resume_command(argv: Sequence[str]) -> int:

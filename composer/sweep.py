@@ -157,6 +157,7 @@ def new_state(task_overrides: list[str], hydra_overrides: list[str], launcher: s
         "hydra_overrides": [o for o in hydra_overrides if not is_resume_setting(o)],
         "launcher": launcher,
         "sweeper": sweeper,
+        "cwd": os.getcwd(),  # relative paths in the overrides (input.path=...) are read from here
         "jobs": [{"job": number, "overrides": job, "status": PENDING} for number, job in enumerate(jobs or [])],
         "attempts": [],
     }

@@ -247,6 +247,9 @@ def test_user_mistakes_are_one_clear_message_and_exit_2(data, reference, tmp_pat
     empty.mkdir()
     done = run_cli("resume", str(empty), cwd=tmp_path)
     assert done.returncode == 2 and "is neither a run folder" in done.stderr and "Traceback" not in done.stderr
+    (empty / "multirun.yaml").write_text("hydra: {}\n")  # a sweep from before sweeps were recorded
+    done = run_cli("resume", str(empty), cwd=tmp_path)
+    assert done.returncode == 2 and "it has no sweep.json" in done.stderr and f"hydra.sweep.dir={empty}" in done.stderr
     sweep = _copy(reference, tmp_path)
     (sweep / "sweep.json").write_text('{"version": 1, "jobs": [')
     for args in (["resume", str(sweep)], _command(data, sweep)):
@@ -264,27 +267,31 @@ def test_user_mistakes_are_one_clear_message_and_exit_2(data, reference, tmp_pat
 
 def test_failed_jobs_are_kept_unless_retry_failed(tmp_path):
     """A job whose model does not load fails; resume keeps it failed (its folder untouched)
-    until --retry-failed, which runs it again once the model is repaired."""
+    until --retry-failed, which runs it again once the model is repaired. The sweep names its
+    input by a relative path: resumed from another folder, it is read from where the sweep began."""
     broken = tmp_path / "model"
     shutil.copytree(tiny_model_path("text-classification"), broken)
     weights = (broken / "model.safetensors").read_bytes()
     (broken / "model.safetensors").write_bytes(b"\0" * 64)
-    data = write_jsonl(tmp_path / "labelled.jsonl", ROWS)
+    write_jsonl(tmp_path / "labelled.jsonl", ROWS)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     command = ["run", "-m", "experiment=tiny-sentiment", "task=text-classification", "threads=1", "progress=false",
-               "input=jsonl", f"input.path={data}", "input.id_field=uid", f"model.id=tiny:text-classification,{broken}",
-               "hydra.sweep.dir=sweep"]
+               "input=jsonl", "input.path=labelled.jsonl", "input.id_field=uid",
+               f"model.id=tiny:text-classification,{broken}", "hydra.sweep.dir=sweep"]
     first = run_cli(*command, cwd=tmp_path)
     sweep = tmp_path / "sweep"
     assert first.returncode == 4, first.stderr
     assert [_status(sweep / job) for job in ("0", "1")] == ["complete", "failed"]
     failed_manifest = (sweep / "1" / "manifest.json").read_bytes()
-    kept = run_cli("resume", str(sweep), cwd=tmp_path)
+    kept = run_cli("resume", "../sweep", cwd=elsewhere)
     assert kept.returncode == 4, kept.stderr
     assert "job 1 failed before, kept (--retry-failed runs it again)" in kept.stderr
+    assert f"the sweep was started in {tmp_path}: resuming it from there" in kept.stderr
     assert (sweep / "1" / "manifest.json").read_bytes() == failed_manifest
     assert [j["status"] for j in json.loads((sweep / "sweep.json").read_text())["jobs"]] == ["complete", "failed"]
     (broken / "model.safetensors").write_bytes(weights)
-    retried = run_cli("resume", "--retry-failed", str(sweep), cwd=tmp_path)
+    retried = run_cli("resume", "--retry-failed", "../sweep", cwd=elsewhere)
     assert retried.returncode == 0, retried.stderr
     assert [_status(sweep / job) for job in ("0", "1")] == ["complete", "complete"]
     assert [_attempts(sweep / job) for job in ("0", "1")] == [1, 2]
