@@ -264,7 +264,6 @@ def run_command(argv: Sequence[str]) -> int:
 
     from composer import api
     from composer.configuration import config_dir, open_mapping_overrides, with_default_experiment
-
     from composer.sweep import is_hydra_override
 
     args = _hydra_args(argv)

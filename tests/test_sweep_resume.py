@@ -189,24 +189,34 @@ def test_kill_9_then_resume_equals_an_uninterrupted_sweep(launcher, point, data,
     assert marker.exists() == (point == "between jobs")
 
 
-def test_ctrl_c_stops_the_sweep_cleanly_and_says_how_to_resume(data, reference, tmp_path):
-    """Ctrl-C during job 1: job 1 finishes its batch and records `interrupted`, job 2 never
-    starts, the sweep says `interrupted` and prints the resume command; resume finishes it."""
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_ctrl_c_stops_the_sweep_cleanly_and_says_how_to_resume(launcher, data, reference, tmp_path):
+    """Ctrl-C while jobs run (job 1 alone under the basic launcher; jobs 0 and 1 at once under
+    joblib): each running job finishes its batch and records `interrupted`, job 2 never starts,
+    the sweep says `interrupted` and prints the resume command; resume finishes it."""
     sweep = tmp_path / "sweep"
-    process = _start(_command(data, sweep), tmp_path)
-    _wait(lambda: _lines(sweep / "1" / "outputs.jsonl") >= 10, process, "job 1 wrote 10 lines")
-    os.killpg(process.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C
+    process = _start(_command(data, sweep, LAUNCHERS[launcher]), tmp_path)
+    running = ["1"] if launcher == "basic" else ["0", "1"]
+    _wait(lambda: all(_lines(sweep / job / "outputs.jsonl") >= 10 for job in running), process,
+          f"jobs {running} wrote 10 lines")
+    os.killpg(process.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C: to every process of the sweep
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert f"composer: sweep interrupted; finish it with: composer resume {sweep}" in stderr
     assert "Traceback" not in stderr
-    assert [_status(sweep / job) for job in JOBS] == ["complete", "interrupted", None]
+    expected = {"basic": ["complete", "interrupted", None], "joblib": ["interrupted", "interrupted", None]}[launcher]
+    assert [_status(sweep / job) for job in JOBS] == expected
+    for job in running:  # stopped between batches: whole lines only, and fewer than all
+        assert (sweep / job / "outputs.jsonl").read_bytes().endswith(b"\n") and _lines(sweep / job / "outputs.jsonl") < N_RECORDS
+    if launcher == "joblib":  # the process running the sweep got it too: it started no further job
+        assert "composer: stopping the sweep" in stderr and "job 2 not started: the sweep was interrupted" in stderr
     state = json.loads((sweep / "sweep.json").read_text())
     assert state["status"] == "interrupted"
-    assert [j["status"] for j in state["jobs"]] == ["complete", "interrupted", "pending"]
+    assert [j["status"] for j in state["jobs"]] == [status or "pending" for status in expected]
     done = run_cli("resume", str(sweep), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "(3 jobs: 1 complete, 1 interrupted, 1 pending)" in done.stderr
+    shown = {"basic": "1 complete, 1 interrupted, 1 pending", "joblib": "2 interrupted, 1 pending"}[launcher]
+    assert f"(3 jobs: {shown})" in done.stderr
     _assert_equals_reference(sweep, reference)
 
 
