@@ -112,6 +112,11 @@ def _sweep_refusal(task_overrides: list[str], overrides: list[str], extra_dir: P
         state = sweep.read_state(folder)
     except (OSError, sweep.SweepStateError) as error:
         return str(error)
+    running = sweep.still_running(state)
+    if running is not None:
+        return (f"the sweep in {folder} is still running (composer process {running} on this machine): two commands "
+                "would run the same jobs into the same folders. Wait for it to end, or stop it (Ctrl-C) and resume "
+                "it then.")
     if state["sweeper"] != settings["sweeper"] or state["sweeper"] not in (sweep.BASIC_SWEEPER, sweep.OPTUNA_SWEEPER):
         return (f"{folder} holds a sweep run by {state['sweeper']} and this command uses {settings['sweeper']}: a sweep "
                 "folder takes its own sweep again, and sweeps of Hydra's basic sweeper and of the Optuna sweeper "

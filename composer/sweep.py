@@ -22,6 +22,7 @@ import fcntl
 import json
 import math
 import os
+import socket
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -196,10 +197,15 @@ def read_state(sweep_dir: Path) -> dict[str, Any]:
 @contextmanager
 def _locked(sweep_dir: Path) -> Iterator[None]:
     """An exclusive lock on the sweep folder itself (flock on its descriptor), so that jobs in
-    other processes never interleave their read-modify-write of sweep.json."""
+    other processes never interleave their read-modify-write of sweep.json. On a filesystem
+    without flock the update goes on unlocked: each write is still whole (temp file + rename),
+    and the end of the sweep reads every job's state back from its folder."""
     descriptor = os.open(sweep_dir, os.O_RDONLY)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError:
+            pass
         yield
     finally:
         os.close(descriptor)  # releases the lock
@@ -217,7 +223,8 @@ def begin_sweep(sweep_dir: Path, started: dict[str, Any]) -> dict[str, Any]:
     with _locked(sweep_dir):
         state = read_state(sweep_dir) if (sweep_dir / SWEEP_STATE).exists() else started
         state["status"] = SWEEP_RUNNING
-        state["attempts"].append({"started_at": _now(), "launcher": started["launcher"]})
+        state["attempts"].append({"started_at": _now(), "launcher": started["launcher"], "host": socket.gethostname(),
+                                  "pid": os.getpid()})
         write_json(sweep_dir / SWEEP_STATE, state)
     return state
 
@@ -275,6 +282,23 @@ def request_stop(sweep_dir: Path) -> None:
         state["status"] = SWEEP_INTERRUPTED
 
     update_state(sweep_dir, change)
+
+
+def still_running(state: dict[str, Any]) -> int | None:
+    """The process id of the composer command that runs this sweep now, on this machine, if
+    one does (its last attempt has not ended and that process is alive); else None."""
+    attempt = state["attempts"][-1] if state["attempts"] else {}
+    pid = attempt.get("pid")
+    if state["status"] != SWEEP_RUNNING or not isinstance(pid, int) or pid == os.getpid() \
+            or attempt.get("host") != socket.gethostname():
+        return None
+    try:
+        import psutil
+
+        command = " ".join(psutil.Process(pid).cmdline())
+    except Exception:  # noqa: BLE001 - gone, or not ours to read: not running
+        return None
+    return pid if "composer" in command else None
 
 
 def stop_requested(sweep_dir: Path) -> bool:

@@ -149,6 +149,10 @@ def test_kill_9_then_resume_equals_an_uninterrupted_sweep(launcher, point, data,
         _wait(lambda: _lines(sweep / "0" / "outputs.jsonl") >= 10, process, "job 0 wrote 10 lines")
     elif point == "between jobs":
         _wait(marker.exists, process, "job 0 ended")
+        if launcher == "basic":  # while it runs, the sweep is not resumed by a second command
+            twice = run_cli("resume", str(sweep), cwd=tmp_path)
+            assert twice.returncode == 2, twice.stderr
+            assert f"the sweep in {sweep} is still running (composer process {process.pid} on this machine)" in twice.stderr
     else:
         _wait(lambda: _lines(sweep / "2" / "outputs.jsonl") >= 10, process, "job 2 wrote 10 lines")
     _kill_9(process)
