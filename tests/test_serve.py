@@ -304,6 +304,25 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path, gate_overrides):
             assert [f.result()[0] for f in [first, *queued]] == [200, 200, 200]
 
 
+def test_records_with_one_id_never_share_a_round_and_all_are_answered(tmp_path, gate_overrides):
+    """run_records keys a round's records by id: the same record sent by three callers at once
+    waits for the next round, and each caller gets the same answer, with the run's id."""
+    with InProcess(gate_overrides, tmp_path / "served") as served:
+        with ThreadPoolExecutor(4) as clients:
+            first = clients.submit(post, served.url, "/v1/predict", SERVED_ROWS[0])
+            assert Gate.entered.wait(WAIT_LIMIT_S)
+            same = [clients.submit(post, served.url, "/v1/predict", SERVED_ROWS[1]) for _ in range(3)]
+            wait_until(lambda: served.server.state.batcher.depth == 3, "three queued copies")
+            Gate.opened.set()
+            answers = [future.result() for future in [first, *same]]
+        assert [status for status, _, _ in answers] == [200] * 4
+        assert answers[1][2] == answers[2][2] == answers[3][2] and answers[1][2]["id"] == content_id(SERVED_ROWS[1])
+        rounds = metric_samples(served.url)["composer_serve_batch_records_count"][0].value
+        assert rounds == 4  # the held one, then one copy per round
+        status, _, twice = post(served.url, "/v1/predict", [SERVED_ROWS[2], SERVED_ROWS[2]])
+        assert status == 200 and [a["id"] for a in twice] == [content_id(SERVED_ROWS[2]), content_id(SERVED_ROWS[2]) + "-2"]
+
+
 def test_a_request_not_answered_in_time_gets_504(tmp_path, gate_overrides):
     with InProcess([*gate_overrides, "serve.timeout_s=0.2"], tmp_path / "served") as served:
         status, _, answer = post(served.url, "/v1/predict", SERVED_ROWS[0])

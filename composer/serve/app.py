@@ -102,7 +102,7 @@ def create_app(state: ServerState) -> Starlette:
     async def predict_stream(request: Request) -> Response:
         started = perf_counter()
         try:
-            records = await _accept(state, request, stream=True)
+            records, _ = await _accept(state, request, stream=True)
             futures = _submit(state, records)
         except _Refusal as refusal:
             state.metrics.answered("stream", refusal.response.status_code, perf_counter() - started)
@@ -144,10 +144,11 @@ async def _load(state: ServerState) -> None:
         state.on_fatal()
         return
     settings = state.settings
-    state.batcher = Batcher(state.run_round, state.service.round_size, settings["max_wait_ms"] / 1000, settings["max_queue"],
-                            state.metrics.batch_size.observe)
+    service = state.service
+    state.batcher = Batcher(state.run_round, service.round_size, service.graph.window, settings["max_wait_ms"] / 1000,
+                            settings["max_queue"], state.metrics.batch_size.observe)
     state.batcher.start()
-    state.folder.manifest["server"]["round_records"] = state.service.round_size
+    state.folder.manifest["server"].update(round_records=service.round_size, max_round_records=max(service.graph.window, service.round_size))
     state.folder.update(**facts, stages=state.service.stage_facts())
     if state.phase == "loading":  # not stopped meanwhile
         state.phase = "ready"
@@ -184,8 +185,9 @@ async def _predict(state: ServerState, request: Request) -> Response:
     return _json(status, [body for _, body in answered])
 
 
-async def _accept(state: ServerState, request: Request, stream: bool) -> Any:
-    """The request's records, checked before they may queue; raises _Refusal with the answer."""
+async def _accept(state: ServerState, request: Request, stream: bool) -> tuple[list[Record], bool]:
+    """The request's records, checked before they may queue, and whether the body was one record;
+    raises _Refusal with the answer."""
     if state.phase != "ready":
         reason = {"loading": "the models are loading", "stopping": "the server is shutting down"}.get(state.phase, "the server failed to load")
         raise _Refusal(_json(503, {"error": reason}, {"Retry-After": str(RETRY_LOADING_S if state.phase == "loading" else RETRY_FULL_S)}))
@@ -204,7 +206,7 @@ async def _accept(state: ServerState, request: Request, stream: bool) -> Any:
         await check_media(records, state.media, bool(state.settings["allow_urls"]), positions)
     except BodyRefused as refused:
         raise _Refusal(_json(refused.status, refused.json())) from None
-    return records if stream else (records, single)
+    return records, single
 
 
 def _submit(state: ServerState, records: list[Record]) -> list[Future]:

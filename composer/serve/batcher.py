@@ -2,8 +2,11 @@
 
 Requests put their records on a bounded queue (serve.max_queue records; past it, QueueFull, which
 the app answers with 503 and Retry-After) and get one future per record. One thread, never the
-event loop, takes a round: the first waiting record and whatever joins it within max_wait, up to
-the round's size (one batch per model worker), and runs it through the stages (Service.run);
+event loop, takes a round: the first waiting record and whatever joins it within max_wait, until
+the round is full (one batch per model worker); records already waiting beyond that join it, up
+to `max_round` (the graph's window), so that under load the model stage orders more records by
+length before cutting its batches, as it does a run's window. It runs the round through the
+stages (Service.run);
 each future then gets its record's output or failure, so requests are answered one by one as
 their records finish. A round never holds one id twice (run_records keys records by id): a
 second record with an id already in the round waits for the next one.
@@ -46,9 +49,10 @@ class Batcher:
     """The queue and the thread that runs it in rounds; `run` is Service.run, `on_round(n)`
     hears the size of each round (metrics)."""
 
-    def __init__(self, run: Callable[[list[Record]], Outcome], round_size: int, max_wait_s: float, max_queue: int,
-                 on_round: Callable[[int], None] = lambda n: None):
+    def __init__(self, run: Callable[[list[Record]], Outcome], round_size: int, max_round: int, max_wait_s: float,
+                 max_queue: int, on_round: Callable[[int], None] = lambda n: None):
         self._run, self._round_size, self._max_wait, self._max_queue = run, round_size, max_wait_s, max_queue
+        self._max_round = max(max_round, round_size)
         self._on_round = on_round
         self._queue: deque[_Waiting] = deque()
         self._changed = threading.Condition()
@@ -113,7 +117,7 @@ class Batcher:
             round_: list[_Waiting] = []
             ids: set[str] = set()
             later: list[_Waiting] = []
-            while self._queue and len(round_) < self._round_size:
+            while self._queue and len(round_) < self._max_round:
                 waiting = self._queue.popleft()
                 if str(waiting.record["id"]) in ids:
                     later.append(waiting)

@@ -74,9 +74,9 @@ class Service:
 
     @property
     def round_size(self) -> int:
-        """Records gathered into one round: one batch (batch_size; batch_size=auto: the largest
-        size its probe tries) per model worker. The model stage orders a round by length and
-        cuts it into its batches, as it does a run's window."""
+        """Records a round waits (serve.max_wait_ms) to gather: one batch (batch_size;
+        batch_size=auto: the largest size its probe tries) per model worker. Records already
+        waiting join a round up to the graph's window (Batcher)."""
         return self.graph.batch * self.width
 
     def media_fields(self) -> dict[str, bool]:
