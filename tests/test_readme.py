@@ -135,3 +135,51 @@ def test_python_snippet_runs_as_written(tmp_path):
     done = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert list((tmp_path / "runs" / "fill-mask").iterdir())
+
+
+def test_serving_block_runs_as_shown(workdir):
+    """The "Serving" block: the server as written (on a free port instead of 8000), then each
+    curl line sent as written (its method, path, headers and body) with Python's own client."""
+    import http.client
+    import json
+    import os
+    import signal
+    import time
+
+    block = next(b for b in _blocks("bash") if b.startswith("composer serve "))
+    lines = [line.partition("  #")[0].strip() for line in block.strip().splitlines()]
+    words = shlex.split(lines[0])
+    assert words[-2:] == ["--port", "8000"], words
+    log = (workdir / "serve.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "composer", *words[1:-1], "0"], cwd=workdir, stdout=subprocess.PIPE,
+                              stderr=log, text=True, env=os.environ.copy())
+    try:
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)", server.stdout.readline()).group(1))
+        answers = []
+        for line in lines[1:]:
+            curl = shlex.split(line)
+            assert curl[0] == "curl", line
+            url = next(word for word in curl if word.startswith("http://127.0.0.1:8000/"))
+            path = url.removeprefix("http://127.0.0.1:8000")
+            headers = dict(h.split(": ", 1) for h in (curl[i + 1] for i, w in enumerate(curl) if w == "-H"))
+            body = curl[curl.index("-d") + 1].encode() if "-d" in curl else None
+            for _ in range(3000):  # /readyz, the first line, answers 503 until the model is in
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+                try:
+                    connection.request("POST" if body else "GET", path, body=body, headers=headers)
+                    response = connection.getresponse()
+                    status, data = response.status, response.read()
+                except ConnectionError:
+                    status, data = None, b""
+                finally:
+                    connection.close()
+                if status == 200 or path != "/readyz":
+                    break
+                time.sleep(0.1)
+            assert status == 200, (line, status, data)
+            answers.append(data)
+        assert json.loads(answers[1])["id"] == "r1" and [a["id"] for a in json.loads(answers[2])] == ["r2", "r3"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=600) == 0
+        log.close()
