@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from composer import api
 from composer.records import Record, content_id
+from composer.runstore import EXIT_FAILED
 from composer.schema import ConfigError
 from composer.serve.addresses import refused_url
 from composer.serve.bodies import BodyRefused, check_media
@@ -202,6 +204,12 @@ def test_bad_bodies_are_refused_naming_what_is_wrong(served):
     assert status == 200 and len(answers) == 1
     status, _, body = call(url, "POST", "/v1/predict/stream", b'{"text": "fine"}\n[1, 2]\n')
     assert status == 422 and json.loads(body)["issues"][0]["where"] == "line 2"
+    status, _, body = call(url, "POST", "/v1/predict", b"[" * 2000 + b"]" * 2000)
+    assert status == 422 and "nested too deeply" in json.loads(body)["error"]
+    status, _, answer = post(url, "/v1/predict", {"text": "deep", "extra": json.loads("[" * 150 + "]" * 150)})
+    assert status == 422 and "nested more than 100 levels" in answer["issues"][0]["message"]  # as the run's source says
+    status, _, body = call(url, "POST", "/v1/predict", b'{"text": "half a pair \\ud800"}')
+    assert status == 422 and "lone surrogate" in json.loads(body)["issues"][0]["message"]
     big = json.dumps({"text": "x" * 5000}).encode()
     status, _, body = call(url, "POST", "/v1/predict", big, {"content-type": "application/json"})
     assert status == 413 and "serve.max_body_bytes" in json.loads(body)["error"]
@@ -332,6 +340,20 @@ def test_a_request_not_answered_in_time_gets_504(tmp_path, gate_overrides):
         assert {line["id"] for line in lines} == {content_id(row) for row in SERVED_ROWS[1:3]}
         samples = metric_samples(served.url)
         assert {s.labels["outcome"]: s.value for s in samples["composer_serve_records_total"]}["timeout"] == 3
+
+
+def test_models_that_fail_to_load_stop_the_server_with_exit_4(tmp_path, workdir):
+    """/readyz never says ready, the manifest says failed and why, and run() returns EXIT_FAILED."""
+    from composer.testing import tiny_model_path
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_path("text-classification"), broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    overrides = [*BASE, f"input.path={workdir / 'rows.jsonl'}", f"model.id={broken}"]
+    server = Server(api.compose([*overrides, f"serve.run_dir={tmp_path / 'served'}"]), overrides, "127.0.0.1", 0)
+    assert server.run() == EXIT_FAILED
+    manifest = json.loads((tmp_path / "served" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["exit_code"] == EXIT_FAILED and manifest["error"]["message"]
 
 
 # --- what is refused before serving, and the URL policy -------------------------------------------

@@ -58,6 +58,8 @@ def predict_rows(body: bytes) -> tuple[list[tuple[str, Any]], bool]:
         value = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BodyRefused(422, f"the body is not JSON: {error}", [Issue("body", str(error))]) from None
+    except RecursionError:
+        raise BodyRefused(422, "the body is nested too deeply to read", [Issue("body", "nested too deeply")]) from None
     if isinstance(value, dict):
         return [("body", value)], True
     if isinstance(value, list):
@@ -82,6 +84,9 @@ def stream_rows(body: bytes) -> list[tuple[str, Any]]:
             value = json.loads(line)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             issues.append(Issue(f"line {number}", f"not JSON: {error}"))
+            continue
+        except RecursionError:
+            issues.append(Issue(f"line {number}", "nested too deeply to read"))
             continue
         if not isinstance(value, dict):
             issues.append(Issue(f"line {number}", f"expected a JSON object (a record), got {_kind(value)}"))

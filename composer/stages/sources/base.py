@@ -69,7 +69,14 @@ class RowSource(Source):
     def record_from_row(self, position: str, row: Any, seen: dict[str, int]) -> Record | RecordFailure:
         """One raw row as the record iter_records would make of it (the same id, fields and
         checks), or the failure naming `position`; `seen` holds the ids made so far (duplicates).
-        For callers handed rows one at a time: composer.serve, whose answers must equal a run's."""
+        For callers handed rows one at a time: composer.serve, whose answers must equal a run's.
+        A row handed over was not read by this source, so it is always checked for what could
+        not be hashed and written (a lone surrogate, nesting too deep), as rows_checked readers
+        check their own."""
+        if self.rows_checked:
+            failure = self._unwritable(position, row)
+            if failure is not None:
+                return failure
         return self._record(position, row, seen)
 
     def _record(self, position: str, row: Any, seen: dict[str, int]) -> Record | RecordFailure:
