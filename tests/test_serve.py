@@ -299,6 +299,39 @@ def gate_overrides(workdir) -> list[str]:
     Gate.opened.set()
 
 
+class Picky(Stage):
+    """Fails the records whose text says boom (a value it cannot take) or crash (its own fault)."""
+
+    def process(self, records: list[Record]) -> list[Record]:
+        for record in records:
+            if "boom" in record["text"]:
+                raise ValueError(f"{record['text']!r} says boom")
+            if "crash" in record["text"]:
+                raise RuntimeError("the stage broke")
+        return records
+
+
+def test_a_record_that_fails_in_a_stage_fails_alone(tmp_path, workdir):
+    overrides = [*BASE, f"input.path={workdir / 'rows.jsonl'}", "allow_any_target=true", "postprocess=[{_target_: test_serve.Picky}]"]
+    with InProcess(overrides, tmp_path / "served") as served:
+        with ThreadPoolExecutor(4) as clients:
+            boom = clients.submit(post, served.url, "/v1/predict", {"text": "boom here"})
+            mixed = clients.submit(post, served.url, "/v1/predict", [{"text": "fine one"}, {"text": "boom again"}])
+            crash = clients.submit(post, served.url, "/v1/predict", {"text": "crash now"})
+            fine = clients.submit(post, served.url, "/v1/predict", {"text": "fine two"})
+        status, _, answer = boom.result()
+        assert status == 422 and answer == {"id": content_id({"text": "boom here"}), "error": {
+            "status": 422, "stage": "stage", "type": "ValueError", "message": "'boom here' says boom"}}
+        status, _, answers = mixed.result()
+        assert status == 422 and answers[0]["prediction"] and answers[1]["error"]["message"] == "'boom again' says boom"
+        status, _, answer = crash.result()
+        assert status == 500 and answer["error"]["type"] == "RuntimeError"
+        assert fine.result()[0] == 200
+    errors = read_jsonl(tmp_path / "served" / "errors.jsonl")
+    assert sorted(e["message"] for e in errors) == ["'boom again' says boom", "'boom here' says boom", "the stage broke"]
+    assert len(read_jsonl(tmp_path / "served" / "outputs.jsonl")) == 2
+
+
 def test_a_full_queue_answers_503_with_retry_after(tmp_path, gate_overrides):
     with InProcess([*gate_overrides, "serve.max_queue=2", "serve.max_wait_ms=0"], tmp_path / "served") as served:
         with ThreadPoolExecutor(3) as clients:
