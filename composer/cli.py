@@ -65,14 +65,10 @@ def _hydra_args(argv: Sequence[str]) -> Any:
 def _sweep_jobs(overrides: list[str]) -> list[list[str]]:
     """The override list of each job of a multirun, in Hydra's order (its basic sweeper's
     expansion); [overrides] when they cannot be expanded here (another sweeper's ranges)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
+    from composer.sweep import job_list
 
-    try:
-        return BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
-    except HydraException:
-        return [[o for o in overrides if "," not in o.split("=", 1)[-1]]]
+    jobs = job_list(overrides)
+    return jobs if jobs is not None else [[o for o in overrides if "," not in o.split("=", 1)[-1]]]
 
 
 def _precheck(overrides: list[str], extra_dir: Path | None, multirun: bool) -> tuple[ConfigError | None, list[dict]]:
