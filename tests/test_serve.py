@@ -419,3 +419,27 @@ def test_media_urls_are_refused_unless_allowed_and_never_inside_the_network():
     assert refused.status == 422 and [(i.where, i.field) for i in refused.issues] == [("body[1]", "image"), ("body[2]", "image")]
     assert "file on the server" in refused.issues[0].message and "private" in refused.issues[1].message
     assert media([{"image": "/9j/4AAQSkZJRg=="}], False, bare_base64=True) is None  # load_image source=base64
+
+
+def test_media_fields_over_http_take_data_uris_and_refuse_files_and_inside_addresses(tmp_path, workdir):
+    """An image config served with serve.allow_urls=true: a data: URI is classified, while a path
+    on the server and URLs of loopback or private hosts are refused before the queue, naming the
+    field (no fetch is tried: the refusal comes from the address alone)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    overrides = ["experiment=image-classification-base64", "model=tiny-image-classification", f"input.path={workdir / 'rows.jsonl'}",
+                 "threads=1", "progress=false", "preprocess=[{type: load_image, field: image}]", "serve.allow_urls=true"]
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(png, format="PNG")
+    data_uri = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    with InProcess(overrides, tmp_path / "served") as served:
+        status, _, answer = post(served.url, "/v1/predict", {"image": data_uri})
+        assert status == 200 and len(answer["prediction"]) == 3
+        for value, why in [("/etc/passwd", "file on the server"), ("http://127.0.0.1:9/cat.png", "loopback"),
+                           ("http://10.0.0.1/cat.png", "private")]:
+            status, _, answer = post(served.url, "/v1/predict", {"image": value})
+            assert status == 422 and answer["issues"][0]["field"] == "image" and why in answer["issues"][0]["message"], answer
+
