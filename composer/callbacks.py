@@ -54,7 +54,7 @@ class SweepReport(Callback):
     """Writes summary.csv, report.md, report.html and plots/ into the sweep folder."""
 
     def __init__(self, enabled: bool = True, baseline: str | None = None, retry_failed: bool = False) -> None:
-        # retry_failed is read by each job from its Hydra config (composer.cli._hydra_job), so
+        # retry_failed is read by each job from its Hydra config (composer.hydrajob.hydra_job), so
         # that it reaches jobs in every launcher's processes; `composer resume --retry-failed`.
         self.enabled, self.baseline, self.retry_failed = enabled, baseline, retry_failed
 

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from composer.runstore import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, RunStatus
+from composer import multirun
+from composer.hydrajob import exit_codes, hydra_job, print_issues, print_summary
+from composer.runstore import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED
 from composer.schema import ConfigError, ConfigIssue
 
 USAGE = """usage: composer <verb> [options] [overrides...]
@@ -47,12 +49,6 @@ batch_size=16 call.top_k=3 ...  See README.md for every key.
 exit codes: 0 complete, 1 completed with record errors, 2 config error, 3 aborted
 (on_error=fail or max_errors), 4 failed, 130 interrupted
 """
-
-_exit_codes: list[int] = []
-
-
-def _print_issues(error: ConfigError) -> None:
-    print(f"composer: {error}", file=sys.stderr)
 
 
 def _hydra_args(argv: Sequence[str]) -> Any:
@@ -90,176 +86,6 @@ def _precheck(overrides: list[str], extra_dir: Path | None, multirun: bool) -> t
     return (ConfigError(issues) if issues else None), configs
 
 
-def _sweep_refusal(task_overrides: list[str], overrides: list[str], extra_dir: Path | None, configs: list[dict]) -> str | None:
-    """Why this multirun may not go into its sweep folder, or None. A folder holding a recorded
-    sweep (sweep.json) takes only the same sweep again, to resume it: the same sweeper, the same
-    jobs in the same order, and each job's config equal to its run's, apart from the settings
-    that change no output (schema.OUTPUT_NEUTRAL_KEYS). Each difference is named."""
-    from composer import sweep
-    from composer.callbacks import sweep_settings
-    from composer.runstore import CONFIG, SWEEP_STATE, differences, read_config
-    from composer.schema import OUTPUT_NEUTRAL_KEYS, with_defaults
-
-    settings = sweep_settings(overrides, extra_dir)
-    if settings is None or not (Path(settings["dir"]) / SWEEP_STATE).is_file():
-        return None
-    folder = Path(settings["dir"])
-    try:
-        state = sweep.read_state(folder)
-    except (OSError, sweep.SweepStateError) as error:
-        return str(error)
-    running = sweep.still_running(state)
-    if running is not None:
-        return (f"the sweep in {folder} is still running (composer process {running} on this machine): two commands "
-                "would run the same jobs into the same folders. Wait for it to end, or stop it (Ctrl-C) and resume "
-                "it then.")
-    if state["sweeper"] != settings["sweeper"] or state["sweeper"] not in (sweep.BASIC_SWEEPER, sweep.OPTUNA_SWEEPER):
-        return (f"{folder} holds a sweep run by {state['sweeper']} and this command uses {settings['sweeper']}: a sweep "
-                "folder takes its own sweep again, and sweeps of Hydra's basic sweeper and of the Optuna sweeper "
-                "resume, no other. Choose a new folder with hydra.sweep.dir=...")
-    if state["sweeper"] == sweep.OPTUNA_SWEEPER:
-        # The study is replayed from the trial folders: each trial asks the seeded sampler again,
-        # gets the parameters it had, finds its folder finished and returns the objective it
-        # returned, so the study goes on where it stopped, toward the configured n_trials.
-        if settings["storage"] is not None:
-            return (f"{folder} holds an Optuna sweep with a study storage (hydra.sweeper.storage="
-                    f"{settings['storage']}): its study already holds the trials that ran, so running it again would "
-                    "number its trials anew over the trial folders. Composer resumes Optuna sweeps without a storage "
-                    "(the default), replaying the study from the trial folders; choose a new hydra.sweep.dir=...")
-        if settings["seed"] is None:
-            return (f"{folder} holds an Optuna sweep whose sampler has no seed: its trials cannot be replayed from "
-                    "their folders (the sampler would propose other parameters). Set hydra.sweeper.sampler.seed "
-                    "when you start a sweep you may resume; choose a new hydra.sweep.dir=... for this one")
-    changed = sweep.identity_differences(state, task_overrides, settings["sweeper"], OUTPUT_NEUTRAL_KEYS)
-    if not changed and state["sweeper"] == sweep.BASIC_SWEEPER:
-        for number, (job, config) in enumerate(zip(state["jobs"], configs)):
-            job_dir = folder / job.get("dir", str(number))
-            try:
-                before = read_config(job_dir) if (job_dir / CONFIG).is_file() else None
-            except (OSError, ValueError):
-                before = None  # a damaged config.yaml: the run-level resume says so for that job
-            if isinstance(before, dict):
-                changed += [f"job {number}: {line}" for line in differences(with_defaults(before), with_defaults(config),
-                                                                            OUTPUT_NEUTRAL_KEYS)]
-    if not changed:
-        return None
-    listing = "\n".join(f"  - {line}" for line in changed[:20]) + (f"\n  ... and {len(changed) - 20} more" if len(changed) > 20 else "")
-    return (f"{folder} holds another sweep ({folder / SWEEP_STATE}), so this command cannot continue it:\n{listing}\n"
-            f"Resume it with its own command (`composer resume {folder}`), or start this sweep in a new folder "
-            "with hydra.sweep.dir=...")
-
-
-def _hydra_job(cfg) -> float | None:
-    """The Hydra task function: one run per job, into Hydra's output folder.
-
-    No exception leaves it: a job that cannot run records why in its folder (job_error.json)
-    and the sweep goes on. It returns the config's `objective` (for sweepers such as Optuna).
-    """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from composer.configuration import resolve
-
-    hydra_cfg = HydraConfig.get()
-    job_dir, task_overrides = Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task)
-    plain, issues = resolve(cfg)
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return _run_job(plain, issues, job_dir, task_overrides)
-    from omegaconf import OmegaConf
-
-    from composer.callbacks import active_sweep
-    from composer.sweep import RUNNING, folder_state, job_decision, request_stop, set_job_state, stop_requested
-
-    sweep_dir, number = Path(str(hydra_cfg.sweep.dir)), int(hydra_cfg.job.num)
-    if active_sweep.get("stop") or stop_requested(sweep_dir):  # Ctrl-C: no new job starts; resume runs it
-        print(f"composer: job {number} not started: the sweep was interrupted", file=sys.stderr)
-        _exit_codes.append(EXIT_INTERRUPTED)
-        return _objective(plain, None)
-    retry_failed = bool(OmegaConf.select(hydra_cfg, "callbacks.report.retry_failed", default=False))
-    decision = job_decision(job_dir, retry_failed)
-    if decision != "run":  # finished before, or failed and not retried: the folder stays as it is
-        return _kept_job(plain, job_dir, sweep_dir, number, decision)
-    set_job_state(sweep_dir, number, RUNNING, job_dir)
-    objective = _run_job(plain, issues, job_dir, task_overrides)
-    state = folder_state(job_dir)
-    set_job_state(sweep_dir, number, state, job_dir)
-    if state == RunStatus.INTERRUPTED:  # Ctrl-C stopped this job's run: the whole sweep stops
-        if active_sweep.get("pid") == os.getpid():
-            active_sweep["stop"] = True
-        request_stop(sweep_dir)
-    return objective
-
-
-def _kept_job(plain, job_dir: Path, sweep_dir: Path, number: int, decision: str) -> float | None:
-    """A job of a resumed sweep whose folder says it finished (or failed, without
-    --retry-failed): nothing runs; its exit code and objective count as before."""
-    from composer.sweep import folder_state, job_outcome, set_job_state
-
-    outcome, state = job_outcome(job_dir), folder_state(job_dir)
-    set_job_state(sweep_dir, number, state, job_dir)
-    _exit_codes.append(outcome["exit_code"])
-    if decision == "skip":
-        from composer.summary import summary_lines
-
-        print(f"composer: job {number} finished before ({state}), kept: {job_dir}", file=sys.stderr)
-        print("\n".join(summary_lines(job_dir)), flush=True)
-        return _objective(plain, job_dir)
-    print(f"composer: job {number} {state} before, kept (--retry-failed runs it again): {job_dir}", file=sys.stderr)
-    return _objective(plain, None)
-
-
-def _run_job(plain, issues: list, job_dir: Path, task_overrides: list[str]) -> float | None:
-    """Run (or resume) one job's run into `job_dir`; every failure is recorded, none raised."""
-    from composer import api
-    from composer.runstore import ResumeRefused
-    from composer.validation import validate
-
-    try:
-        if plain is not None:
-            issues += validate(plain)
-        if issues:
-            raise ConfigError(issues)
-        result = api.execute_config(plain, job_dir, task_overrides)
-    except ConfigError as error:
-        _print_issues(error)
-        return _job_failed(job_dir, error, api.EXIT_CONFIG, task_overrides, plain)
-    except ResumeRefused as error:
-        print(f"composer: {error}", file=sys.stderr)
-        _exit_codes.append(api.EXIT_CONFIG)  # the folder holds another run: leave it untouched
-        return _objective(plain, None)
-    except Exception as error:  # noqa: BLE001 - one job's failure must not end the sweep
-        print(f"composer: job failed before its run started: {type(error).__name__}: {error}", file=sys.stderr)
-        return _job_failed(job_dir, error, api.EXIT_FAILED, task_overrides, plain)
-    _report(result)
-    _exit_codes.append(result.exit_code)
-    return _objective(plain, result.run_dir)
-
-
-def _job_failed(job_dir: Path, error: Exception, exit_code: int, overrides: list[str], plain) -> float | None:
-    from composer.sweep import record_job_error
-
-    record_job_error(job_dir, error, exit_code, overrides)
-    _exit_codes.append(exit_code)
-    return _objective(plain, None)
-
-
-def _objective(plain, run_dir: Path | None) -> float | None:
-    """The value of `objective` (a metrics.json path) for this job; NaN when it did not finish."""
-    from composer.sweep import objective_value
-
-    objective = (plain or {}).get("objective")
-    if not objective:
-        return None
-    return objective_value(run_dir, objective) if run_dir is not None else float("nan")
-
-
-def _report(result) -> None:
-    """The end-of-run summary on stdout (run.log in the folder ends with the same lines)."""
-    from composer.summary import summary_lines
-
-    print("\n".join(summary_lines(result.run_dir)), flush=True)
-
-
 def run_command(argv: Sequence[str]) -> int:
     import hydra
 
@@ -275,22 +101,22 @@ def run_command(argv: Sequence[str]) -> int:
     if not (args.cfg or args.info or args.help or args.hydra_help or args.shell_completion):
         error, configs = _precheck(overrides, extra_dir, bool(args.multirun))
         if error is not None:
-            _print_issues(error)
+            print_issues(error)
             return api.EXIT_CONFIG
         from composer.callbacks import hydra_issues  # Hydra's own targets and the run folder, before Hydra acts
 
         refused = hydra_issues(overrides, extra_dir, bool(args.multirun))
         if refused:
-            _print_issues(ConfigError(refused))
+            print_issues(ConfigError(refused))
             return api.EXIT_CONFIG
         if args.multirun:  # the task overrides as Hydra will see them (hydra.overrides.task)
             task = [*added, *open_mapping_overrides([o for o in overrides if not is_hydra_override(o)])]
-            refusal = _sweep_refusal(task, overrides, extra_dir, configs)
+            refusal = multirun.refusal(task, overrides, extra_dir, configs)
             if refusal:
                 print(f"composer: {refusal}", file=sys.stderr)
                 return api.EXIT_CONFIG
     rewritten = [*added, *(a if a not in overrides else open_mapping_overrides([a])[0] for a in argv)]
-    main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(_hydra_job)
+    main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(hydra_job)
     saved_argv = sys.argv
     sys.argv = [saved_argv[0], *rewritten]
     try:
@@ -300,61 +126,20 @@ def run_command(argv: Sequence[str]) -> int:
             raise
         from composer.callbacks import active_sweep
 
-        return _sweep_interrupted(active_sweep.get("dir"))
+        return multirun.interrupted(active_sweep.get("dir"))
     finally:
         sys.argv = saved_argv
-        _restore_signal_handlers()
+        multirun.restore_signal_handlers()
     from composer.callbacks import last_sweep, last_sweep_exit_codes  # jobs run by other processes
 
     if args.multirun and last_sweep.get("interrupted"):
-        return _sweep_interrupted(last_sweep["dir"])
-    return max([*_exit_codes, *last_sweep_exit_codes], default=api.EXIT_OK)
-
-
-def _restore_signal_handlers() -> None:
-    """The Ctrl-C handlers from before the multirun, when it ended early (Hydra stopped on an
-    error, a second Ctrl-C): the sweep's own handler outlives it in no caller."""
-    import signal
-
-    from composer.callbacks import active_sweep
-
-    for signum, handler in active_sweep.pop("handlers", {}).items():
-        signal.signal(signum, handler)
-
-
-def _sweep_interrupted(sweep_dir: Path | None) -> int:
-    """Ctrl-C stopped a multirun: the running job(s) recorded `interrupted` in their folders;
-    the sweep says so too, and how to finish it."""
-    from composer.callbacks import active_sweep
-    from composer.sweep import SWEEP_INTERRUPTED, end_sweep
-
-    _restore_signal_handlers()
-    active_sweep.clear()
-    if sweep_dir is None:
-        print("composer: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    if sweep_dir.is_dir():
-        end_sweep(sweep_dir, SWEEP_INTERRUPTED)
-    print(f"composer: sweep interrupted; finish it with: composer resume {_shell_word(str(sweep_dir))}", file=sys.stderr)
-    return EXIT_INTERRUPTED
-
-
-def _shell_word(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
-
-
-def _override_value(text: str) -> str:
-    """`text` as a value in a Hydra override: quoted when it holds characters the grammar reads."""
-    if all(c.isalnum() or c in "_-./" for c in text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return multirun.interrupted(last_sweep["dir"])
+    return max([*exit_codes, *last_sweep_exit_codes], default=api.EXIT_OK)
 
 
 def _resume_sweep(sweep_dir: Path, retry_failed: bool) -> int:
     """`composer resume SWEEP_DIR`: the recorded multirun again, into its own folder. Hydra
-    numbers the jobs as before; each job decides from its folder (cli._hydra_job)."""
+    numbers the jobs as before; each job decides from its folder (hydrajob.hydra_job)."""
     from composer import sweep
 
     try:
@@ -368,7 +153,7 @@ def _resume_sweep(sweep_dir: Path, retry_failed: bool) -> int:
     shown = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     print(f"composer: resuming the sweep in {sweep_dir} ({len(state['jobs'])} jobs: {shown})", file=sys.stderr)
     argv = ["-m", *state["hydra_overrides"], *state["overrides"],
-            f"hydra.sweep.dir={_override_value(str(sweep_dir.resolve()))}"]
+            f"hydra.sweep.dir={multirun.override_value(str(sweep_dir.resolve()))}"]
     if retry_failed:
         argv.append("++hydra.callbacks.report.retry_failed=true")
     # From where the sweep was started, as the same command: its relative paths mean what they meant.
@@ -411,7 +196,7 @@ def resume_command(argv: Sequence[str]) -> int:
     except (ConfigError, ResumeRefused, FileNotFoundError) as error:
         print(f"composer: {error}", file=sys.stderr)
         return api.EXIT_CONFIG
-    _report(result)
+    print_summary(result.run_dir)
     return result.exit_code
 
 
@@ -426,7 +211,7 @@ def serve_command(argv: Sequence[str]) -> int:
     try:
         return serve(api.compose(args.overrides), args.overrides, args.host, args.port)
     except ConfigError as error:
-        _print_issues(error)
+        print_issues(error)
     except (ServeRefused, ResumeRefused) as error:
         print(f"composer: cannot serve: {error}", file=sys.stderr)
     return api.EXIT_CONFIG
@@ -487,7 +272,7 @@ def plan_command(argv: Sequence[str]) -> int:
     try:
         config, graph = api.plan(args.overrides, deep=args.deep)
     except ConfigError as error:
-        _print_issues(error)
+        print_issues(error)
         return api.EXIT_CONFIG
     print("# resolved config")
     print(OmegaConf.to_yaml(OmegaConf.create(config)), end="")

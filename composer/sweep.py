@@ -107,7 +107,7 @@ PENDING, RUNNING = "pending", str(RunStatus.RUNNING)
 # The sweep's own status: running (or killed while it ran), interrupted (Ctrl-C), finished.
 SWEEP_RUNNING, SWEEP_INTERRUPTED, SWEEP_FINISHED = "running", str(RunStatus.INTERRUPTED), "finished"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-# hydra/sweeper=optuna: resumed by replaying its study from the trial folders (cli._sweep_refusal).
+# hydra/sweeper=optuna: resumed by replaying its study from the trial folders (multirun.refusal).
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 # Hydra settings that say where a sweep is and how to resume it, not what it is: never recorded.
 RESUME_SETTINGS = ("hydra.sweep.dir", "hydra.mode", "hydra.callbacks.report.retry_failed")
