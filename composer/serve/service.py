@@ -37,7 +37,6 @@ class Service:
                                "on what other callers sent: remove it from the config to serve it")
         self.source: RowSource = source
         self.stages = self.graph.stages()[1:]  # the transforms, the models and the outputs sink
-        self.facts: dict[str, Any] = {}
         self._workers: ThreadPoolExecutor | None = None
 
     def set_up(self) -> dict[str, Any]:
@@ -63,9 +62,8 @@ class Service:
         seed_everything(self.config["seed"], deterministic)
         if self.width > 1:
             self._workers = ThreadPoolExecutor(self.width, thread_name_prefix="composer-model")
-        self.facts = {"deterministic": deterministic, "device": runfacts.device_facts(), "allocator": allocator,
-                      "threads": threads, "setup_seconds": setup_seconds}
-        return self.facts
+        return {"deterministic": deterministic, "device": runfacts.device_facts(), "allocator": allocator,
+                "threads": threads, "setup_seconds": setup_seconds}
 
     @property
     def width(self) -> int:
