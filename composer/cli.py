@@ -29,6 +29,9 @@ verbs:
                              finish an interrupted `run -m`: finished jobs are kept, interrupted
                              ones resume, pending ones run with their own job numbers, failed
                              ones run again only with --retry-failed; then the sweep report
+  serve [overrides] [--host H] [--port N]
+                             serve the config's graph over HTTP (POST /v1/predict, /v1/predict/stream,
+                             /healthz, /readyz, /metrics), batching requests; needs the [serve] extra
   verify RUN_DIR             re-execute a finished run from its folder alone; exit 0 when the
                              outputs are byte-identical and no recorded fact drifted, else 1
   report PATH... [--baseline RUN] [--out DIR]
