@@ -6,8 +6,6 @@ the Python API (composer.api), the CLI's Hydra job and `composer verify` all cal
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import logging
 import signal
 import sys
@@ -25,7 +23,6 @@ from composer.executors.base import ExecutionPolicy, ExecutionStats, RunAborted,
 from composer.executors.local import LocalExecutor
 from composer.metrics import latency_summary, quality_accumulator
 from composer.plan import MODEL, Graph, plan as plan_graph
-from composer.records import canonical_json
 from composer.runlog import RunLog
 from composer.schema import OUTPUT_NEUTRAL_KEYS, with_defaults
 from composer.runstore import EXIT_ABORTED, EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_RECORD_ERRORS  # noqa: F401 - api re-exports
@@ -136,7 +133,7 @@ def _open_folder(config: dict[str, Any], run_dir: Path, overrides: list[str], gr
         manifest, skip_ids, damaged = _new_manifest(config, overrides), set(), None
         OmegaConf.save(OmegaConf.create(config), run_dir / runstore.CONFIG)
     manifest.update(status=RunStatus.RUNNING, input=input_fingerprint)
-    entry: runstore.Attempt = {"started_at": _now(), "skipped": len(skip_ids)}
+    entry: runstore.Attempt = {"started_at": runstore.now(), "skipped": len(skip_ids)}
     manifest["attempts"].append(entry)
     runstore.write_manifest(run_dir, manifest)
     return _Attempt(manifest, entry, skip_ids, damaged)
@@ -243,7 +240,7 @@ def _finish(config: dict[str, Any], run_dir: Path, graph: Graph, log: RunLog, at
 
     manifest, entry, stats = attempt.manifest, attempt.entry, outcome.stats
     entry.update(
-        finished_at=_now(),
+        finished_at=runstore.now(),
         status=outcome.status,
         records_ok=stats.records_ok,
         records_failed=stats.records_failed,
@@ -278,11 +275,6 @@ def _finish(config: dict[str, Any], run_dir: Path, graph: Graph, log: RunLog, at
     return RunResult(run_dir, outcome.status, outcome.exit_code)
 
 
-def _now() -> str:
-    """The time now (UTC) as the manifest writes it."""
-    return dt.datetime.now(dt.timezone.utc).isoformat()
-
-
 def _quiet_library_noise() -> None:
     """Silence import-time warnings that say nothing about the user's run: torchao reports
     CUDA kernels and Triton it cannot load on CPU, and torch flags torchao's pytree use."""
@@ -292,21 +284,7 @@ def _quiet_library_noise() -> None:
 
 def _new_manifest(config: dict[str, Any], overrides: list[str]) -> runstore.Manifest:
     """The manifest of a run's first attempt: what it is and what it runs on (a resume keeps it)."""
-    from composer.repro import git_state, package_versions, platform_info
-
-    return {
-        "status": RunStatus.RUNNING,
-        "name": config["name"],
-        "task": config["task"],
-        "started_at": _now(),
-        "config_sha256": hashlib.sha256(canonical_json(config).encode()).hexdigest(),
-        "overrides": overrides,
-        "seed": config["seed"],
-        "versions": package_versions(),
-        "git": git_state(Path.cwd()),
-        "platform": platform_info(),
-        "attempts": [],
-    }
+    return {**runstore.new_manifest(config, overrides), "attempts": []}
 
 
 def _attach_cache(graph: Graph, settings: dict[str, Any]) -> Any:

@@ -6,6 +6,8 @@ Hydra's own .hydra/. A reader needs nothing but this folder.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 import os
 from collections import Counter
@@ -16,7 +18,7 @@ from typing import Any, TypedDict, cast
 
 import yaml
 
-from composer.records import Record, RecordFailure, to_jsonable
+from composer.records import Record, RecordFailure, canonical_json, to_jsonable
 
 CONFIG = "config.yaml"
 MANIFEST = "manifest.json"
@@ -112,6 +114,30 @@ def read_manifest(run_dir: Path) -> Manifest:
 def write_manifest(run_dir: Path, manifest: Manifest) -> None:
     """Write the manifest.json of `run_dir` atomically (see write_json); statuses as plain strings."""
     write_json(run_dir / MANIFEST, cast(dict, manifest))
+
+
+def now() -> str:
+    """The time now (UTC), as manifests write it."""
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def new_manifest(config: dict[str, Any], overrides: list[str]) -> Manifest:
+    """A manifest's opening facts, shared by a run and a server: what runs (name, task, the
+    config's hash, overrides, seed) and on what (versions, git, platform); status running."""
+    from composer.repro import git_state, package_versions, platform_info
+
+    return {
+        "status": RunStatus.RUNNING,
+        "name": config["name"],
+        "task": config["task"],
+        "started_at": now(),
+        "config_sha256": hashlib.sha256(canonical_json(config).encode()).hexdigest(),
+        "overrides": overrides,
+        "seed": config["seed"],
+        "versions": package_versions(),
+        "git": git_state(Path.cwd()),
+        "platform": platform_info(),
+    }
 
 
 def _hold_reserve(folder: Path) -> None:

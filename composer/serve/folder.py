@@ -5,7 +5,6 @@ errors.jsonl (every record refused or failed, with its id, stage, error type and
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 import threading
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from composer import runstore
-from composer.records import RecordFailure, canonical_json
+from composer.records import RecordFailure
 from composer.runstore import RunStatus
 
 
@@ -32,27 +31,14 @@ class ServerFolder:
     config.yaml and a manifest saying `running`, and appends errors.jsonl from any thread."""
 
     def __init__(self, path: Path, config: dict[str, Any], overrides: list[str]):
-        from composer.repro import git_state, package_versions, platform_info
-
         runstore.check_run_folder(path)
         if (path / runstore.MANIFEST).exists():
             raise runstore.FolderRefused(f"{path} already holds a run or a server's log: choose a new serve.run_dir")
         path.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(config), path / runstore.CONFIG)
         self.path = path
-        self.manifest: dict[str, Any] = {
-            "status": RunStatus.RUNNING,
-            "name": config["name"],
-            "task": config["task"],
-            "started_at": now(),
-            "config_sha256": hashlib.sha256(canonical_json(config).encode()).hexdigest(),
-            "overrides": overrides,
-            "seed": config["seed"],
-            "versions": package_versions(),
-            "git": git_state(Path.cwd()),
-            "platform": platform_info(),
-            "server": {"pid": os.getpid(), "settings": dict(config["serve"])},
-        }
+        self.manifest: dict[str, Any] = {**runstore.new_manifest(config, overrides),
+                                         "server": {"pid": os.getpid(), "settings": dict(config["serve"])}}
         self._lock = threading.Lock()
         self._errors = runstore.JsonlAppender(path / runstore.ERRORS)
         self.write()
@@ -81,9 +67,5 @@ class ServerFolder:
         else:
             status = RunStatus.COMPLETE if failed == 0 else RunStatus.COMPLETED_WITH_ERRORS
         self.manifest["server"]["requests"] = requests
-        self.update(status=status, exit_code=exit_code, finished_at=now(), error=error,
+        self.update(status=status, exit_code=exit_code, finished_at=runstore.now(), error=error,
                     counts={"records_in": ok + failed, "records_ok": ok, "records_failed": failed})
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
