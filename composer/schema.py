@@ -207,10 +207,14 @@ def defaults(composed: bool = False) -> dict[str, Any]:
     return values
 
 
+# The input types that read each input key (None: every type), from the `inputs` metadata.
+_INPUT_READERS = {f.name: f.metadata.get("inputs") for f in fields(InputConfig)}
+
+
 def _input_reads(key: str, input_type: Any) -> bool:
-    """Whether an input of `input_type` reads `key` (keys without `inputs` metadata: every type)."""
-    types_ = {f.name: f.metadata.get("inputs") for f in fields(InputConfig)}.get(key)
-    return types_ is None or input_type in types_
+    """Whether an input of `input_type` reads `key`."""
+    readers = _INPUT_READERS.get(key)
+    return readers is None or input_type in readers
 
 
 def prune_input(config: dict[str, Any]) -> dict[str, Any]:
