@@ -38,7 +38,7 @@ class Graph:
     nodes: list[Node]
     # Records read ahead from the source as one unit: model stages order such a window by length
     # before batching, and it is what a crash can lose. batch_size when nothing sorts (both grown
-    # for workers at run time: executors.local._window_for).
+    # for workers at run time: executors.local.window_for).
     window: int = 8
     prefetch: int = 1  # windows a background thread reads and preprocesses ahead (0: none)
     batch: int = 8  # records per batch (batch_size=auto: the largest size its probe tries)
@@ -68,6 +68,21 @@ class Graph:
                 pending.extend(inputs[current])
         fingerprints = [n.stage.fingerprint() for n in self.nodes if n.stage.name in ancestors and n.stage.kind != "source"]
         return hashlib.sha256("".join(fingerprints).encode("ascii")).hexdigest()[:16]
+
+    def attach_cache(self, settings: dict[str, Any]) -> Any:
+        """Open the result cache when `settings` (the config's `cache`) enable it and hand it to
+        every model stage; None when it is off. A run does this in its own process, the Ray
+        executor in each of its actors (each opens the same SQLite file)."""
+        if not settings.get("enabled"):
+            return None
+        from pathlib import Path
+
+        from composer.cache import ResultCache
+
+        cache = ResultCache(Path(settings["path"]).expanduser() if settings.get("path") else None)
+        for stage in self.model_stages():
+            stage.use_cache(cache, self.upstream_fingerprint(stage.name))
+        return cache
 
     def describe(self) -> list[dict[str, Any]]:
         return [
@@ -170,7 +185,7 @@ def _model_spec_issues(spec: dict, path: str) -> list[ConfigIssue]:
 
     issues = check_task(spec.get("task"), f"{path}.task")
     if "model" in spec:
-        issues += check_against(spec["model"], ModelConfig, f"{path}.model") + check_model(spec["model"], f"{path}.model")
+        issues += check_against(spec["model"], ModelConfig, f"{path}.model") + check_model(spec["model"], f"{path}.model", spec.get("task"))
     if "quantization" in spec:
         issues += check_against(spec["quantization"], QuantizationConfig, f"{path}.quantization")
         issues += check_quantization(spec["quantization"], f"{path}.quantization")

@@ -19,8 +19,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from composer import runfacts, runstore
-from composer.executors.base import ExecutionPolicy, ExecutionStats, RunAborted, RunInterrupted
-from composer.executors.local import LocalExecutor
+from composer.executors import executor_for
+from composer.executors.base import ExecutionPolicy, ExecutionStats, Executor, RunAborted, RunInterrupted
 from composer.metrics import latency_summary, quality_accumulator
 from composer.plan import MODEL, Graph, plan as plan_graph
 from composer.runlog import RunLog
@@ -76,11 +76,12 @@ def _execute_config(config: dict[str, Any], run_dir: Path, overrides: list[str],
     """
     _quiet_library_noise()
     graph = plan_graph(config, run_dir=str(run_dir), deep=True)
-    cache = _attach_cache(graph, config["cache"])
+    executor = executor_for(config, graph)
+    cache = graph.attach_cache(config["cache"])
     attempt = _open_folder(config, run_dir, overrides, graph)
     if isinstance(attempt, RunResult):
         return attempt  # finished before: nothing to do
-    outcome = _execute(config, run_dir, graph, cache, attempt)
+    outcome = _execute(config, run_dir, graph, cache, attempt, executor)
     return _finish(config, run_dir, graph, log, attempt, outcome)
 
 
@@ -139,7 +140,7 @@ def _open_folder(config: dict[str, Any], run_dir: Path, overrides: list[str], gr
     return _Attempt(manifest, entry, skip_ids, damaged)
 
 
-def _execute(config: dict[str, Any], run_dir: Path, graph: Graph, cache: Any, attempt: _Attempt) -> _Outcome:
+def _execute(config: dict[str, Any], run_dir: Path, graph: Graph, cache: Any, attempt: _Attempt, executor: Executor) -> _Outcome:
     """Set up and stream the graph, turning every way it can end into an outcome: all records
     done (with or without failures), aborted, interrupted, or failed with the error. Whatever
     happened, the error lines are closed, the cache and the stages too, and the stages' facts
@@ -150,7 +151,7 @@ def _execute(config: dict[str, Any], run_dir: Path, graph: Graph, cache: Any, at
         if attempt.damaged is not None:
             raise attempt.damaged
         show_progress = _set_up(config, run_dir, graph, attempt)
-        _stream(config, run_dir, graph, attempt.skip_ids, errors, outcome.stats, show_progress)
+        _stream(config, run_dir, graph, attempt.skip_ids, errors, outcome.stats, show_progress, executor)
         failed = runstore.count_lines(run_dir / runstore.ERRORS)
         outcome.status = RunStatus.COMPLETE if failed == 0 else RunStatus.COMPLETED_WITH_ERRORS
         outcome.exit_code = EXIT_OK if failed == 0 else EXIT_RECORD_ERRORS
@@ -166,6 +167,7 @@ def _execute(config: dict[str, Any], run_dir: Path, graph: Graph, cache: Any, at
         errors.close()
         if cache is not None:
             cache.close()
+        attempt.manifest["executor"] = executor.facts()
         attempt.manifest["stages"] = {stage.name: _stage_facts(graph, stage) for stage in graph.stages()}
         for stage in graph.stages():
             stage.close()
@@ -210,7 +212,7 @@ def _set_up(config: dict[str, Any], run_dir: Path, graph: Graph, attempt: _Attem
 
 
 def _stream(config: dict[str, Any], run_dir: Path, graph: Graph, skip_ids: runstore.Written | set[str],
-            errors: runstore.JsonlAppender, stats: ExecutionStats, show_progress: bool) -> None:
+            errors: runstore.JsonlAppender, stats: ExecutionStats, show_progress: bool, executor: Executor) -> None:
     """Hand the records to the executor, skipping those earlier attempts finished, with the
     progress bar and Ctrl-C / SIGTERM caught (_StopRequests) so that a stop ends cleanly."""
     total = graph.source.total()
@@ -228,7 +230,7 @@ def _stream(config: dict[str, Any], run_dir: Path, graph: Graph, skip_ids: runst
             skip_ids=skip_ids,
             should_stop=lambda: stop.requested,
         )
-        LocalExecutor().run(graph, stats, policy, errors.write_many, advance=advance)
+        executor.run(graph, stats, policy, errors.write_many, advance=advance)
 
 
 def _finish(config: dict[str, Any], run_dir: Path, graph: Graph, log: RunLog, attempt: _Attempt,
@@ -285,18 +287,6 @@ def _quiet_library_noise() -> None:
 def _new_manifest(config: dict[str, Any], overrides: list[str]) -> runstore.Manifest:
     """The manifest of a run's first attempt: what it is and what it runs on (a resume keeps it)."""
     return {**runstore.new_manifest(config, overrides), "attempts": []}
-
-
-def _attach_cache(graph: Graph, settings: dict[str, Any]) -> Any:
-    """Open the result cache when enabled and hand it to every model stage."""
-    if not settings.get("enabled"):
-        return None
-    from composer.cache import ResultCache
-
-    cache = ResultCache(Path(settings["path"]).expanduser() if settings.get("path") else None)
-    for stage in graph.model_stages():
-        stage.use_cache(cache, graph.upstream_fingerprint(stage.name))
-    return cache
 
 
 class _StopRequests:

@@ -96,6 +96,7 @@ class Manifest(TypedDict, total=False):
     device: dict[str, Any]  # CUDA availability, devices and version
     allocator: dict[str, Any]  # what composer.allocator.tune_malloc set
     threads: dict[str, Any]  # the thread split between workers and torch (runtime.split_threads)
+    executor: dict[str, Any]  # type (local, ray); for ray: version, cluster resources, actors, per-actor timings
     stages: dict[str, dict[str, Any]]  # per stage: kind, type, inputs, reads, writes, fingerprint and its own facts
     exit_code: int  # how the last attempt ended (EXIT_*)
     finished_at: str  # ISO time (UTC) the last attempt ended

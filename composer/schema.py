@@ -65,6 +65,10 @@ class ModelConfig:
     # Pickle-based checkpoints (pytorch_model.bin) can run code when loaded: safetensors only,
     # unless this is set.
     allow_pickle: bool = False
+    # feature-extraction: tokens per input before truncation. null: the model's own
+    # (sentence-transformers' max_seq_length in sentence_bert_config.json, 256 for all-MiniLM-L6-v2),
+    # else the tokenizer's limit, as pipeline() does (512 for BERT-like models).
+    max_seq_length: int | None = None
 
 
 @dataclass
@@ -133,6 +137,20 @@ class ServeConfig:
 
 
 @dataclass
+class ExecutorConfig:
+    """Where the stages run (`executor=local|ray`): in this process, or in the actors of a Ray
+    cluster (composer.executors.ray), with the same outputs. The `ray` keys are read by
+    executor=ray only."""
+
+    type: Literal["local", "ray"] = "local"
+    address: str | None = None  # null: a local Ray started for the run; auto or ray://host:10001: join that cluster
+    actors: int = 1  # Ray actors, each with its own copy of the stages (models load once per actor)
+    num_cpus_per_actor: float = 1.0  # fractional allowed (0.5): on a small machine leave CPUs for Ray's own tasks
+    num_gpus_per_actor: float = 0.0  # each actor gets its own CUDA_VISIBLE_DEVICES from Ray
+    batch_size: int | None = None  # records per block an actor runs at once (null: the local executor's window, same batches)
+
+
+@dataclass
 class ComposerConfig:
     """The whole run: one model stage fed by one source, with optional transforms and stages.
 
@@ -189,6 +207,7 @@ class ComposerConfig:
     objective: str | None = None
     logger: LoggerConfig = dataclasses.field(default_factory=LoggerConfig)  # logger=mlflow logs every finished run
     serve: ServeConfig = neutral(factory=ServeConfig)  # `composer serve` only: batching wait, bounds, URL policy
+    executor: ExecutorConfig = neutral(factory=ExecutorConfig)  # executor=ray runs the stages on Ray Data actors
 
 
 # Settings a run may be resumed with other values of: they never change a record's output.

@@ -15,8 +15,15 @@ _DEVICE_PATTERN = re.compile(r"^(cpu|mps|meta|(cuda|xpu|npu|hpu)(:\d+)?)$")
 _FILE_INPUTS = ("jsonl", "csv", "parquet")
 
 
-def check_model(model: dict, path: str) -> list[ConfigIssue]:
+def check_model(model: dict, path: str, task: Any = None) -> list[ConfigIssue]:
+    """A model mapping's own issues; `task` (the stage's, when known) for the task-bound keys."""
     issues = []
+    length = model.get("max_seq_length")
+    if isinstance(length, int) and length < 1:
+        issues.append(ConfigIssue(join(path, "max_seq_length"), f"must be a positive number of tokens or null (the model's own), got {length}"))
+    if length is not None and isinstance(task, str) and task != "feature-extraction":
+        issues.append(ConfigIssue(join(path, "max_seq_length"), f"truncates feature-extraction inputs; task {task!r} takes its "
+                                  "truncation from the pipeline's own parameters: remove it"))
     device, device_map = model.get("device"), model.get("device_map")
     if device is not None and device_map is not None:
         issues.append(
@@ -167,7 +174,7 @@ def validate(config: dict) -> list[ConfigIssue]:
     config = {k: v for k, v in config.items() if k != "hydra"}
     issues = check_against(config, ComposerConfig, "")
     if isinstance(config.get("model"), dict):
-        issues += check_model(config["model"], "model")
+        issues += check_model(config["model"], "model", config.get("task"))
     if isinstance(config.get("quantization"), dict):
         issues += check_quantization(config["quantization"], "quantization")
     if isinstance(config.get("input"), dict):
@@ -181,6 +188,7 @@ def validate(config: dict) -> list[ConfigIssue]:
             issues.append(ConfigIssue(key, f"{key} must be >= 1, got {value}"))
     issues += _check_batching(config)
     issues += _check_serve(config.get("serve"))
+    issues += _check_executor(config.get("executor"))
     issues += _check_metrics(config.get("metrics"), config.get("objective"))
     for key in ("pipeline", "call"):
         if "batch_size" in (config.get(key) or {}):
@@ -227,6 +235,21 @@ def _check_batching(config: dict) -> list[ConfigIssue]:
         issues.append(ConfigIssue("max_batch_tokens", f"max_batch_tokens must be >= 1 or null, got {budget}"))
     if _is_int(prefetch) and prefetch < 0:
         issues.append(ConfigIssue("prefetch", f"prefetch must be >= 0 (0: no background reading), got {prefetch}"))
+    return issues
+
+
+def _check_executor(executor: Any) -> list[ConfigIssue]:
+    """The Ray executor's sizes: at least one actor, a CPU share above 0 (an actor asking for
+    none could crowd a node), no negative GPUs or blocks; the Ray keys only with executor=ray."""
+    if not isinstance(executor, dict):
+        return []  # check_against reported it
+    issues = []
+    for key, zero_ok in (("actors", False), ("num_cpus_per_actor", False), ("num_gpus_per_actor", True), ("batch_size", False)):
+        value = executor.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (value < 0 or (value == 0 and not zero_ok)):
+            issues.append(ConfigIssue(f"executor.{key}", f"executor.{key} must be {'>= 0' if zero_ok else '> 0'}, got {value}"))
+    if executor.get("type") == "local" and executor.get("address") is not None:
+        issues.append(ConfigIssue("executor.address", "executor.address is read by executor=ray only: add executor=ray"))
     return issues
 
 

@@ -17,7 +17,7 @@ from composer.plan import STAGE_TYPES, load_class
 from composer.schema import ConfigError
 
 GROUPS = {"model": schema.ModelConfig, "input": schema.InputConfig, "quantization": schema.QuantizationConfig,
-          "cache": schema.CacheConfig, "logger": schema.LoggerConfig}
+          "cache": schema.CacheConfig, "logger": schema.LoggerConfig, "executor": schema.ExecutorConfig}
 
 
 @pytest.mark.parametrize("group", sorted(GROUPS))
@@ -70,7 +70,7 @@ def test_with_defaults_reads_configs_that_stated_fewer_keys():
 
 def test_output_neutral_keys_are_declared_on_the_schema():
     assert schema.OUTPUT_NEUTRAL_KEYS == {"progress", "threads", "batch_size", "max_errors", "on_error", "cache", "sort_window",
-                                          "max_batch_tokens", "prefetch", "workers", "onednn_linear", "tune_malloc", "serve"}
+                                          "max_batch_tokens", "prefetch", "workers", "onednn_linear", "tune_malloc", "serve", "executor"}
 
 
 @pytest.mark.parametrize("type_name", sorted(t for t in STAGE_TYPES if t not in ("model",)))

@@ -256,15 +256,15 @@ def test_numbers_without_a_fast_isfinite_are_still_made_json():
 def test_windows_hold_enough_batches_for_every_worker():
     """Found in review: with batch_size=64 and 8 workers a 256-record window held 4 batches,
     leaving half of the workers idle; an unsorted window held one batch."""
-    from composer.executors.local import _window_for
+    from composer.executors.local import window_for
     from composer.plan import Graph, Node
 
     sorting = Node(PipelineStage("model", task="text-classification"), [], "model")
     unsorted = Node(PipelineStage("model", task="text-generation"), [], "model")
-    assert _window_for(Graph([], window=256, batch=64), [sorting], 8) == 64 * 8 * 8
-    assert _window_for(Graph([], window=256, batch=8), [sorting], 2) == 256  # already 16 batches per worker
-    assert _window_for(Graph([], window=100, batch=64, auto_window=False), [sorting], 8) == 100  # the user's sort_window
-    assert _window_for(Graph([], window=8, batch=8), [unsorted], 2) == 16
+    assert window_for(Graph([], window=256, batch=64), [sorting], 8) == 64 * 8 * 8
+    assert window_for(Graph([], window=256, batch=8), [sorting], 2) == 256  # already 16 batches per worker
+    assert window_for(Graph([], window=100, batch=64, auto_window=False), [sorting], 8) == 100  # the user's sort_window
+    assert window_for(Graph([], window=8, batch=8), [unsorted], 2) == 16
 
 
 def _two_ways(tmp_path, base: list[str], model_threads: set[str]) -> None:

@@ -61,3 +61,7 @@ class Executor(ABC):
         counts stay true when the run stops early) and calling `advance(n)` as n records finish.
         Raises RunAborted (on_error=fail, max_errors) or RunInterrupted (a stop request) after
         writing the input-order prefix of what finished."""
+
+    @abstractmethod
+    def facts(self) -> dict[str, Any]:
+        """What the manifest's `executor` holds once the run is over: at least its `type`."""

@@ -17,13 +17,13 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from composer.executors.base import Advance, ExecutionPolicy, ExecutionStats, Executor, OnFailures, RunAborted, RunInterrupted
-from composer.executors.unit import run_records
+from composer.executors.unit import Outcome, run_records
 from composer.plan import Graph, Node
 from composer.records import Record, RecordFailure
 from composer.stages.base import BatchedStage, Stage
@@ -33,6 +33,9 @@ BATCHES_PER_WORKER = 8  # an automatic window holds at least this many batches p
 
 class LocalExecutor(Executor):
     """Threads, windows, prefetch and model workers in this process."""
+
+    def facts(self) -> dict[str, Any]:
+        return {"type": "local"}
 
     def run(self, graph: Graph, stats: ExecutionStats, policy: ExecutionPolicy, on_failures: OnFailures,
             advance: Advance = lambda n: None) -> None:
@@ -55,7 +58,7 @@ def _stream(graph: Graph, stats: ExecutionStats, policy: ExecutionPolicy, on_fai
     head, tail = _split_head(transforms)
     stop = threading.Event()
     width = max((node.stage.workers if isinstance(node.stage, BatchedStage) else 1 for node in tail), default=1)
-    windows = _read_windows(graph, head, stats, policy, _window_for(graph, tail, width), tail[0].stage if tail else None, stop)
+    windows = _read_windows(graph, head, stats, policy, window_for(graph, tail, width), tail[0].stage if tail else None, stop)
     if graph.prefetch > 0:
         windows = _prefetched(windows, graph.prefetch, stop)
     workers = ThreadPoolExecutor(width, thread_name_prefix="composer-model") if width > 1 else None
@@ -70,7 +73,7 @@ def _stream(graph: Graph, stats: ExecutionStats, policy: ExecutionPolicy, on_fai
                 workers.shutdown(wait=True)
 
 
-def _window_for(graph: Graph, tail: list[Node], width: int) -> int:
+def window_for(graph: Graph, tail: list[Node], width: int) -> int:
     """Records per window once the workers are known: batches run side by side only within a
     window, so an unsorted window (one batch) grows to one batch per worker, and a window of
     composer's choosing holds at least BATCHES_PER_WORKER batches per worker (batch_size=auto's
@@ -92,7 +95,7 @@ def _split_head(nodes: list[Node]) -> tuple[list[Node], list[Node]]:
 
 
 @dataclass
-class _Window:
+class Window:
     """Records read from the source together, after the light transforms that precede the first
     model stage. `positions` maps a record id to its place in the input, which is the order the
     window's records leave in; `lengths` holds, per model stage, each record's input length,
@@ -106,51 +109,63 @@ class _Window:
 
 
 def _read_windows(graph: Graph, head: list[Node], stats: ExecutionStats, policy: ExecutionPolicy, window: int,
-                  first: Stage | None = None, stop: threading.Event | None = None) -> Generator[_Window, None, None]:
+                  first: Stage | None = None, stop: threading.Event | None = None) -> Generator[Window, None, None]:
     """Windows of unfinished records with the head transforms applied and input lengths measured:
     the work that can overlap with the model's forward passes. The model stage that comes right
     after the head (`first`) also tokenizes its inputs here (its `prepare`). `stop` (an Event
     set when the run stops) ends it between stages, so the prefetch thread never outlives the run."""
-    batched = [n.stage for n in graph.nodes if isinstance(n.stage, BatchedStage)]
-    items = _unfinished(graph.source.iter_records(), policy.skip_ids, stats)
+    items = unfinished(graph.source.iter_records(), policy.skip_ids, stats)
     stopped = stop.is_set if stop is not None else (lambda: False)
-    for batch in _batches(items, window):
+    for batch in batches(items, window):
         if stopped():
             return
-        records: list[Record] = []
-        failures: list[tuple[int, RecordFailure]] = []
-        positions: dict[str, int] = {}
-        for position, item in enumerate(batch):
-            if isinstance(item, RecordFailure):
-                failures.append((position, item))
-            else:
-                records.append(item)
-                positions[str(item["id"])] = position
-        done = run_records([node.stage for node in head], records, positions, seconds=stats.stage_seconds, stopped=stopped)
-        records, failures = done.records, failures + done.failures
-        if stopped():
+        prepared = prepare_window(graph, batch, head, first, stats.stage_seconds, stopped)
+        if prepared is None:
             return
-        lengths: dict[str, dict[str, int]] = {}
-        for stage in batched:
-            if stage is first:
-                try:
-                    lengths[stage.name] = stage.prepare(records)
-                except Exception:  # noqa: BLE001 - the stage then tokenizes in process()
-                    pass
-            elif stage.wants_lengths:
-                try:
-                    lengths[stage.name] = stage.input_lengths(records)
-                except Exception:  # noqa: BLE001 - a field written later in the graph; measured then
-                    pass
-        yield _Window(len(batch), records, failures, positions, lengths)
+        yield prepared
 
 
-def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+def prepare_window(graph: Graph, batch: list[Record | RecordFailure], head: list[Node], first: Stage | None,
+                   seconds: dict[str, float], stopped: Callable[[], bool] = lambda: False) -> Window | None:
+    """One window from the source's items (records, and the failures the source found, in input
+    order): the head transforms applied, input lengths measured, and the inputs of `first` (the
+    model stage right after the head) tokenized ahead. None when `stopped()` cut it short. The Ray
+    executor's actors prepare each block with it too, so a block is the window this executor runs."""
+    batched = [n.stage for n in graph.nodes if isinstance(n.stage, BatchedStage)]
+    records: list[Record] = []
+    failures: list[tuple[int, RecordFailure]] = []
+    positions: dict[str, int] = {}
+    for position, item in enumerate(batch):
+        if isinstance(item, RecordFailure):
+            failures.append((position, item))
+        else:
+            records.append(item)
+            positions[str(item["id"])] = position
+    done = run_records([node.stage for node in head], records, positions, seconds=seconds, stopped=stopped)
+    records, failures = done.records, failures + done.failures
+    if stopped():
+        return None
+    lengths: dict[str, dict[str, int]] = {}
+    for stage in batched:
+        if stage is first:
+            try:
+                lengths[stage.name] = stage.prepare(records)
+            except Exception:  # noqa: BLE001 - the stage then tokenizes in process()
+                pass
+        elif stage.wants_lengths:
+            try:
+                lengths[stage.name] = stage.input_lengths(records)
+            except Exception:  # noqa: BLE001 - a field written later in the graph; measured then
+                pass
+    return Window(len(batch), records, failures, positions, lengths)
+
+
+def batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
     while batch := list(itertools.islice(items, size)):
         yield batch
 
 
-def _unfinished(items: Iterator[Record | RecordFailure], skip_ids: Any, stats: ExecutionStats) -> Iterator[Any]:
+def unfinished(items: Iterator[Record | RecordFailure], skip_ids: Any, stats: ExecutionStats) -> Iterator[Any]:
     """The items no earlier attempt finished: `skip_ids` is a runstore.Written (which matches a
     source's failures line by line) or a plain set of ids."""
     skips = getattr(skip_ids, "skips", None) or (lambda item: (item.id if isinstance(item, RecordFailure) else item["id"]) in skip_ids)
@@ -164,7 +179,7 @@ def _unfinished(items: Iterator[Record | RecordFailure], skip_ids: Any, stats: E
 _DONE = object()
 
 
-def _prefetched(windows: Generator[_Window, None, None], depth: int, stopping: threading.Event) -> Generator[_Window, None, None]:
+def _prefetched(windows: Generator[Window, None, None], depth: int, stopping: threading.Event) -> Generator[Window, None, None]:
     """Produce `windows` in a background thread, at most `depth` ahead of the consumer, so that
     reading, light transforms and tokenizing overlap with the model (torch and the tokenizers
     release the GIL). Memory stays bounded: depth + 2 windows exist at any time. When the
@@ -211,7 +226,7 @@ def _prefetched(windows: Generator[_Window, None, None], depth: int, stopping: t
 
 
 def _run_window(
-    window: _Window,
+    window: Window,
     tail: list[Node],
     sink: Node,
     stats: ExecutionStats,
@@ -240,6 +255,16 @@ def _run_window(
 
     done = run_records([node.stage for node in tail], window.records, window.positions, lengths=window.lengths,
                        halt=halt, on_batch=on_batch, workers=workers, seconds=stats.stage_seconds)
+    write_window(window, done, sink, stats, policy, on_failures, advance, advanced)
+
+
+def write_window(window: Window, done: Outcome, sink: Node, stats: ExecutionStats, policy: ExecutionPolicy,
+                 on_failures: OnFailures, advance: Advance, advanced: int = 0) -> None:
+    """Write a window the stages are done with (`done`: run_records' outcome over its records):
+    the survivors in input order to the sink, the failures (the window's own and the stages')
+    to `on_failures`, cut at the first record left undone or, with on_error=fail, at the first
+    failure; then raise RunAborted or RunInterrupted as the policy says. `advanced`: records the
+    progress bar already heard of. The Ray executor writes each block it gets back with it."""
     records, failures, cut = done.records, window.failures + done.failures, done.undone  # input position from which this window is not written
     positions = window.positions
     if not done.batched:
