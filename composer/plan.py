@@ -235,8 +235,7 @@ def plan(config: dict, run_dir: str | None = None, deep: bool = False) -> Graph:
 
     add_chain("preprocess")
     task = task_table().canonical(config["task"]) or config["task"]
-    model_stage = load_class(STAGE_TYPES["model"])(
-        MODEL,
+    model_params = dict(
         task=task,
         model=config["model"],
         quantization=config["quantization"],
@@ -247,7 +246,8 @@ def plan(config: dict, run_dir: str | None = None, deep: bool = False) -> Graph:
         batch_size=config["batch_size"],
         **_stage_runtime_params(config),
     )
-    nodes.append(Node(model_stage, [chain_tail], "model"))
+    model_node = Node(load_class(STAGE_TYPES["model"])(MODEL, **model_params), [chain_tail], "model")
+    nodes.append(model_node)
     chain_tail = MODEL
     add_chain("postprocess")
     for name, spec in (config.get("stages") or {}).items():
@@ -262,6 +262,7 @@ def plan(config: dict, run_dir: str | None = None, deep: bool = False) -> Graph:
             if not node.inputs:
                 issues.append(ConfigIssue(f"{path}.inputs", f"name the stages it reads from, e.g. inputs: [{SOURCE}]"))
             nodes.append(node)
+    _pool_in_model(nodes, model_node, model_params)
     issues += _check_edges(nodes, failed)
     issues += _check_workers(config.get("workers", "auto"), nodes)
     by_name = {node.stage.name: node.stage for node in nodes}
@@ -276,6 +277,26 @@ def plan(config: dict, run_dir: str | None = None, deep: bool = False) -> Graph:
     batch = config["batch_size"] if isinstance(config["batch_size"], int) else max(load_class(STAGE_TYPES["model"]).PROBE_SIZES)
     return Graph(ordered, window=window_size(config, [n.stage for n in ordered]), prefetch=int(config.get("prefetch", 1)),
                  batch=batch, auto_window=config.get("sort_window", "auto") == "auto")
+
+
+def _pool_in_model(nodes: list[Node], model_node: Node, model_params: dict[str, Any]) -> None:
+    """Hand a pooling stage's work to the feature-extraction model stage it reads from, when it
+    is the only reader of the model's output and drops the token states (keep_input false): the
+    model stage then pools each record's states inside the batch (PipelineStage's `pooling`),
+    and what leaves it is one vector per record instead of tokens x hidden floats. The outputs
+    are the same; the model stage is rebuilt with `pooling` so that its fingerprint (and so
+    its result-cache entries) says what it hands on."""
+    model = model_node.stage
+    if getattr(model, "task", None) != "feature-extraction":
+        return
+    readers = [node for node in nodes if MODEL in node.inputs]
+    if len(readers) != 1 or readers[0].inputs != [MODEL]:
+        return
+    pooler = readers[0].stage
+    if not isinstance(pooler, load_class(STAGE_TYPES["mean_pool"])) or pooler.keep_input or pooler.field != model.output_field:
+        return
+    model_node.stage = type(model)(MODEL, **model_params, pooling=pooler.pooling())
+    pooler.pooled_upstream(MODEL)
 
 
 DEFAULT_SORT_WINDOW = 256

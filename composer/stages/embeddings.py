@@ -2,10 +2,11 @@
 
 `mean_pool` turns the feature-extraction pipeline's token states into one L2-normalised vector
 per record, the sentence-transformers recipe: the mean over the tokens the attention mask keeps,
-then normalisation. A record's `prediction` holds exactly its own tokens, `[1][tokens][hidden]`:
-the model stage cuts batched outputs back to each record's length (OutputShaper._unpadded), so
-every token in it is a real one and the plain mean *is* the masked mean. The tests check this
-against the recipe computed by hand on a padded batch.
+then normalisation (composer.stages.pooling; `mode` picks max, cls or mean_sqrt_len pooling
+instead). When it reads the model stage's output and nothing else does, the plan hands the
+pooling to the model stage, which pools each record's states while they are still the batch's
+tensors (no tokens x hidden floats as JSON lists in between); the stage then passes the vector
+on. The tests check both against the recipe computed by hand on a padded batch.
 
 The other stages read that vector (`embedding`):
 - `embedding_classify`: labels described in the config; each record gets every label with the
@@ -36,24 +37,9 @@ from typing import Any
 
 from composer.records import Record, canonical_json
 from composer.stages.base import Stage, require_field
+from composer.stages.pooling import check_mode, pool
 
 FEATURE_EXTRACTION = "feature-extraction"
-
-
-def token_states(value: Any) -> Any:
-    """The [tokens][hidden] matrix of one record's feature-extraction output, as float64 numpy."""
-    import numpy as np
-
-    expected = "expected feature-extraction output shaped [1][tokens][hidden] or [tokens][hidden]"
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as error:  # labels, ragged lists: some other task's output
-        raise ValueError(f"{expected}, got a value that is not a numeric array ({error})") from None
-    while array.ndim > 2 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 2 or array.shape[0] == 0:
-        raise ValueError(f"{expected}, got shape {list(array.shape)}")
-    return array
 
 
 def l2_normalize(vector: Any) -> Any:
@@ -61,12 +47,6 @@ def l2_normalize(vector: Any) -> Any:
     import numpy as np
 
     return vector / max(float(np.linalg.norm(vector)), 1e-12)
-
-
-def mean_pool(value: Any, normalize: bool = True) -> Any:
-    """Mean over the tokens of one record's token states (all real, see the module docstring)."""
-    pooled = token_states(value).mean(axis=0)
-    return l2_normalize(pooled) if normalize else pooled
 
 
 def _vector(record: Record, field: str, stage: str) -> Any:
@@ -90,6 +70,7 @@ class MeanPool(Stage):
         normalize: bool = True,
         keep_input: bool = False,
         task: str | None = None,
+        mode: str = "mean",
     ):
         # `task` (set it to ${task}) turns a config that pools some other task's output into a
         # plan-time error instead of one failed record per input.
@@ -99,9 +80,23 @@ class MeanPool(Stage):
                 "or choose an experiment without embedding stages (experiment=base is the plain base config; "
                 "the default, support-tickets, routes tickets by embeddings)"
             )
+        check_mode(mode)
         super().__init__(name)
         self.field, self.output_field, self.normalize, self.keep_input = field, output_field, normalize, keep_input
+        self.mode = mode
         self.reads, self.writes = (field,), (output_field,)
+        self.pooled_by: str | None = None  # the model stage that pools for this one (plan._pool_in_model)
+
+    def pooling(self) -> dict[str, Any]:
+        """What pool() is called with: the settings a model stage takes over from this one."""
+        return {"mode": self.mode, "normalize": self.normalize}
+
+    def pooled_upstream(self, model_stage: str) -> None:
+        """`model_stage` now hands on pooled vectors: pass them on instead of pooling again."""
+        self.pooled_by = model_stage
+
+    def describe(self) -> dict[str, Any]:
+        return {"pooled_by": self.pooled_by}  # null: pooled here, from token states
 
     def fields_after(self, available: set[str]) -> set[str]:
         # The token states are large (tokens x hidden floats); they leave the record once pooled.
@@ -109,7 +104,8 @@ class MeanPool(Stage):
         return (available - dropped) | {self.output_field}
 
     def process(self, records: list[Record]) -> list[Record]:
-        pooled = [mean_pool(require_field(r, self.field, self.name), self.normalize).tolist() for r in records]
+        values = [require_field(r, self.field, self.name) for r in records]
+        pooled = values if self.pooled_by else [pool(value, **self.pooling()) for value in values]
         for record, vector in zip(records, pooled):
             if not self.keep_input:
                 record.pop(self.field, None)
@@ -125,7 +121,8 @@ class Encoder:
         from composer.stages.model import PipelineStage
 
         self.stage = PipelineStage(f"{owner}.encoder", task=FEATURE_EXTRACTION, model=dict(model), call=dict(call or {}),
-                                   input_field="text", output_field="states", batch_size=batch_size)
+                                   input_field="text", output_field="vector", batch_size=batch_size,
+                                   pooling={"mode": "mean", "normalize": True})
 
     def setup(self) -> None:
         self.stage.setup()
@@ -137,8 +134,8 @@ class Encoder:
         out = []
         for start in range(0, len(records), self.stage.batch_size):
             batch = self.stage.process(records[start:start + self.stage.batch_size])
-            out += [mean_pool(record["states"]) for record in batch]
-        return np.stack(out) if out else np.zeros((0, 0))
+            out += [record["vector"] for record in batch]
+        return np.asarray(out, dtype=np.float64) if out else np.zeros((0, 0))
 
     def fingerprint(self) -> str:
         return self.stage.fingerprint()

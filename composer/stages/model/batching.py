@@ -48,12 +48,15 @@ class TokenCounter:
     def started(self) -> bool:
         return self._count is not None
 
-    def start(self, tokenizer: Any) -> None:
+    def start(self, tokenizer: Any, truncation: int | None = None) -> None:
         """Count with a copy of `tokenizer`'s fast backend, without padding or truncation (capped
-        at the model's maximum length instead); estimate when it has none (None, a slow one)."""
+        at the model's maximum length, or the `truncation` its calls use, instead); estimate when
+        it has none (None, a slow one)."""
         backend = getattr(tokenizer, "backend_tokenizer", None)
         limit = getattr(tokenizer, "model_max_length", None)
         limit = limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None
+        if truncation is not None:
+            limit = min(limit, truncation) if limit else truncation
         self._exact = backend is not None
         if backend is None:
             self._count = lambda texts: [max(1, len(t) // 4) for t in texts]

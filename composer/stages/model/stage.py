@@ -28,6 +28,8 @@ from composer.stages.model.batching import SORTED_TASKS, BatchPlanner, ModelAcce
 from composer.stages.model.loading import ModelLoader, padding_changes_outputs
 from composer.stages.model.outputs import OutputShaper
 from composer.stages.model.prepared import PREPARED_TASKS, PreparedRunner, token_length
+from composer.stages.model.sentence import SentenceSettings, read_sentence_settings
+from composer.stages.pooling import pool
 
 
 class PipelineStage(Stage):
@@ -52,6 +54,7 @@ class PipelineStage(Stage):
         sort_by_length: bool | None = None,
         max_batch_tokens: int | None = None,
         onednn_linear: bool = True,
+        pooling: dict | None = None,
     ):
         # A stage configured with part of a model mapping (a second model stage, a test) gets the
         # rest from the schema's defaults.
@@ -67,6 +70,17 @@ class PipelineStage(Stage):
         if task == "feature-extraction":
             self.call_kwargs.setdefault("return_tensors", True)
         self.input_field, self.output_field = input_field, output_field
+        # Feature extraction whose token states only a pooling stage reads: that stage's pooling
+        # ({mode, normalize}, composer.stages.pooling) done here, on each record's states while
+        # they are still the batch's tensors, so one vector per record leaves the stage rather
+        # than tokens x hidden floats as JSON lists (plan._pool_in_model decides).
+        self.pooling = dict(pooling) if pooling else None
+        if self.pooling is not None and task != "feature-extraction":
+            raise ValueError(f"pooling is for feature-extraction output, not {task!r}")
+        # What the model's sentence-transformers files say (read at setup; sentence.py) and the
+        # truncation in force for feature extraction (model.max_seq_length, else the model's own).
+        self.sentence: SentenceSettings | None = None
+        self.max_seq_length: dict[str, Any] | None = None
         self.reads = tuple(input_field.values()) if isinstance(input_field, dict) else (input_field,)
         self.writes = (output_field,)
         # Batching never changes outputs (output_neutral: not in the fingerprint).
@@ -145,7 +159,8 @@ class PipelineStage(Stage):
         return self.tokens.lengths([(str(record["id"]), self._model_input(record)) for record in records])
 
     def _start_counting(self) -> None:
-        self.tokens.start(getattr(self.pipe, "tokenizer", None) if self.pipe is not None else self.loader.tokenizer_without_model())
+        self.tokens.start(getattr(self.pipe, "tokenizer", None) if self.pipe is not None else self.loader.tokenizer_without_model(),
+                          None if self.max_seq_length is None else self.max_seq_length["tokens"])
 
     def plan_batches(self, records: list[Record], lengths: dict[str, int] | None = None) -> Any:
         """The batches (lists of indices into `records`) this window runs in (BatchPlanner.plan):
@@ -176,6 +191,8 @@ class PipelineStage(Stage):
         self.cache, self.upstream_fingerprint = cache, upstream_fingerprint
 
     def setup(self) -> None:
+        if self.task == "feature-extraction":
+            self._use_sentence_settings()
         if self.cache is None:
             self._load()
         # The tokenizer copies the prefetch thread uses are made here, on the main thread,
@@ -184,6 +201,34 @@ class PipelineStage(Stage):
             self._start_counting()
         if self._prepares_ahead():
             self.runner.start(self.pipe, self.workers)
+
+    def _use_sentence_settings(self) -> None:
+        """Read the model's sentence-transformers settings and truncate feature-extraction inputs
+        where they (or model.max_seq_length) say, unless the call's own tokenize_kwargs set a
+        max_length: all before anything is tokenized."""
+        resolved = self.loader.resolved_model()
+        self.sentence = read_sentence_settings(resolved.load_from, resolved.revision if resolved.source == "hub" else None)
+        asked = (self.call_params.get("tokenize_kwargs") or {}).get("max_length")
+        if asked is not None:
+            self.max_seq_length = {"tokens": asked, "from": "call.tokenize_kwargs.max_length"}
+        elif self.model_config.get("max_seq_length") is not None:
+            self.max_seq_length = {"tokens": self.model_config["max_seq_length"], "from": "model.max_seq_length"}
+        elif self.sentence is not None and self.sentence.max_seq_length is not None:
+            self.max_seq_length = {"tokens": self.sentence.max_seq_length, "from": "sentence_bert_config.json"}
+        if self.max_seq_length is not None and asked is None:
+            tokenize = dict(self.call_params.get("tokenize_kwargs") or {})
+            self.call_kwargs["tokenize_kwargs"] = {"truncation": True, **tokenize, "max_length": self.max_seq_length["tokens"]}
+        self._warn_pooling_differs()
+
+    def _warn_pooling_differs(self) -> None:
+        """Say when the pooling asked for is not the one the model was trained with."""
+        theirs = self.sentence.pooling if self.sentence is not None else None
+        if self.pooling is not None and theirs is not None and theirs != self.pooling["mode"]:
+            import logging
+
+            logging.getLogger("composer.model").warning(
+                "%s: the model's sentence-transformers pooling is %r, this job pools %r: its vectors differ from the "
+                "model's own (set the pooling stage's mode to match)", self.name, theirs, self.pooling["mode"])
 
     def _prepares_ahead(self) -> bool:
         """Whether prepare() tokenizes ahead: a loaded PREPARED_TASKS pipeline without the result
@@ -282,6 +327,8 @@ class PipelineStage(Stage):
         else:
             outputs = pipe(inputs, batch_size=self.batch_size or len(inputs), **self.call_kwargs)
             outputs = self.shaper.as_single_calls(inputs, outputs, [None] * len(inputs), pipe, self.runner.token_count)
+        if self.pooling is not None:
+            outputs = [pool(output, **self.pooling) for output in outputs]
         self.batch_seconds.append(time.perf_counter() - started)
         return [to_jsonable(output) for output in outputs]
 
@@ -309,6 +356,10 @@ class PipelineStage(Stage):
 
     def describe(self) -> dict[str, Any]:
         facts: dict[str, Any] = {"task": self.task, **self.loader.facts(), "batching": self.planner.facts(self.workers)}
+        if self.task == "feature-extraction":
+            facts["sentence_transformers"] = None if self.sentence is None else self.sentence.to_json()
+            facts["max_seq_length"] = self.max_seq_length  # null: the tokenizer's own limit, as pipeline()
+            facts["pooling"] = self.pooling  # null: token states leave the stage
         if self.cache is not None:
             facts["cache"] = {"path": str(self.cache.path), "hits": self.cache_hits, "misses": self.cache_misses}
         if self.pipe is not None:
