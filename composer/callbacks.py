@@ -61,14 +61,19 @@ class SweepReport(Callback):
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         from omegaconf import OmegaConf
 
-        from composer.sweep import begin_sweep, new_state
+        from composer.sweep import begin_sweep, config_source, new_state, sweeper_settings
 
         last_sweep_exit_codes.clear()
         sweep_dir = Path(str(config.hydra.sweep.dir))
         overrides = OmegaConf.to_container(config.hydra.overrides, resolve=False)
+        # --config-dir is Hydra's config source from the command line (already an absolute path).
+        extra_dir = next((str(source.path) for source in config.hydra.runtime.config_sources
+                          if source.provider == "command-line"), None)
         started = new_state(list(overrides.get("task") or []), list(overrides.get("hydra") or []),
                             str(OmegaConf.select(config, "hydra.launcher._target_", default="")),
-                            str(OmegaConf.select(config, "hydra.sweeper._target_", default="")))
+                            str(OmegaConf.select(config, "hydra.sweeper._target_", default="")),
+                            sweeper_settings(OmegaConf.select(config, "hydra.sweeper")),
+                            config_source(extra_dir, OmegaConf.select(config, "hydra.job.config_name")))
         active_sweep.clear()
         active_sweep.update(dir=sweep_dir, pid=os.getpid(), stop=False)
         last_sweep.clear()
@@ -134,15 +139,19 @@ def _hydra_config(overrides: list[str], extra_dir: Path | None) -> Any:
 
 
 def sweep_settings(overrides: list[str], extra_dir: Path | None = None) -> dict[str, Any] | None:
-    """Where a multirun of `overrides` writes (hydra.sweep.dir), which sweeper runs it, and that
-    sweeper's storage and sampler seed (Optuna's); None when that cannot be worked out here (the
-    config check or Hydra reports why)."""
+    """Where a multirun of `overrides` writes (hydra.sweep.dir), which sweeper runs it, its
+    settings (sweep.sweeper_settings: the params set in config files, ...), and that sweeper's
+    storage and sampler seed (Optuna's); None when that cannot be worked out here (the config
+    check or Hydra reports why)."""
     from omegaconf import OmegaConf
+
+    from composer.sweep import sweeper_settings
 
     cfg = _hydra_config(overrides, extra_dir)
     try:
         return {"dir": str(OmegaConf.select(cfg, "hydra.sweep.dir")),
                 "sweeper": str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")),
+                "settings": sweeper_settings(OmegaConf.select(cfg, "hydra.sweeper")),
                 "storage": OmegaConf.select(cfg, "hydra.sweeper.storage", default=None),
                 "seed": OmegaConf.select(cfg, "hydra.sweeper.sampler.seed", default=None)}
     except Exception:  # noqa: BLE001 - an interpolation that resolves only at run time

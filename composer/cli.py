@@ -61,22 +61,25 @@ def _hydra_args(argv: Sequence[str]) -> Any:
     return get_args_parser().parse_args(list(argv))
 
 
-def _sweep_jobs(overrides: list[str]) -> list[list[str]]:
+def _sweep_jobs(overrides: list[str], params: dict[str, Any] | None) -> list[list[str]]:
     """The override list of each job of a multirun, in Hydra's order (its basic sweeper's
-    expansion); [overrides] when they cannot be expanded here (another sweeper's ranges)."""
+    expansion of the sweeper's `params` from config files and the command's overrides);
+    [overrides] when they cannot be expanded here (another sweeper's ranges)."""
     from composer.sweep import job_list
 
-    jobs = job_list(overrides)
+    jobs = job_list(overrides, params)
     return jobs if jobs is not None else [[o for o in overrides if "," not in o.split("=", 1)[-1]]]
 
 
-def _precheck(overrides: list[str], extra_dir: Path | None, multirun: bool) -> tuple[ConfigError | None, list[dict]]:
-    """Every mistake of every job, before the first job starts: a sweep with one bad
-    combination runs none. (None, each job's resolved config) when all jobs are sound."""
+def _precheck(overrides: list[str], extra_dir: Path | None, sweep: dict[str, Any] | None) -> tuple[ConfigError | None, list[dict]]:
+    """Every mistake of every job, before the first job starts: a sweep (`sweep`: its
+    callbacks.sweep_settings, {} where they cannot be worked out) with one bad combination runs
+    none. (None, each job's resolved config) when all jobs are sound."""
     from composer import api
 
     search = [f"hydra.searchpath=[file://{extra_dir.resolve()}]"] if extra_dir else []
-    jobs = _sweep_jobs(overrides) if multirun else [overrides]
+    multirun = sweep is not None
+    jobs = _sweep_jobs(overrides, sweep.get("settings", {}).get("params")) if multirun else [overrides]
     issues, configs = [], []
     for number, job in enumerate(jobs):
         try:
@@ -94,7 +97,7 @@ def run_command(argv: Sequence[str]) -> int:
 
     from composer import api
     from composer.configuration import config_dir, open_mapping_overrides, with_default_experiment
-    from composer.sweep import is_hydra_override
+    from composer.sweep import config_source, is_hydra_override
 
     args = _hydra_args(argv)
     overrides = list(args.overrides)
@@ -102,19 +105,20 @@ def run_command(argv: Sequence[str]) -> int:
     # Hydra composes what the checks composed: the demo experiment only for a bare run.
     added = [o for o in with_default_experiment(overrides) if o not in overrides]
     if not (args.cfg or args.info or args.help or args.hydra_help or args.shell_completion):
-        error, configs = _precheck(overrides, extra_dir, bool(args.multirun))
+        from composer.callbacks import hydra_issues, sweep_settings  # Hydra's own settings, before Hydra acts
+
+        sweep = (sweep_settings(overrides, extra_dir) or {}) if args.multirun else None
+        error, configs = _precheck(overrides, extra_dir, sweep)
         if error is not None:
             print_issues(error)
             return api.EXIT_CONFIG
-        from composer.callbacks import hydra_issues  # Hydra's own targets and the run folder, before Hydra acts
-
         refused = hydra_issues(overrides, extra_dir, bool(args.multirun))
         if refused:
             print_issues(ConfigError(refused))
             return api.EXIT_CONFIG
         if args.multirun:  # the task overrides as Hydra will see them (hydra.overrides.task)
             task = [*added, *open_mapping_overrides([o for o in overrides if not is_hydra_override(o)])]
-            refusal = multirun.refusal(task, overrides, extra_dir, configs)
+            refusal = multirun.refusal(task, sweep, config_source(args.config_dir, args.config_name), configs)
             if refusal:
                 print(f"composer: {refusal}", file=sys.stderr)
                 return api.EXIT_CONFIG
@@ -155,7 +159,9 @@ def _resume_sweep(sweep_dir: Path, retry_failed: bool) -> int:
         counts[job["status"]] = counts.get(job["status"], 0) + 1
     shown = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     print(f"composer: resuming the sweep in {sweep_dir} ({len(state['jobs'])} jobs: {shown})", file=sys.stderr)
-    argv = ["-m", *state["hydra_overrides"], *state["overrides"],
+    source = [*(["--config-dir", state["config_dir"]] if state.get("config_dir") else []),
+              *(["--config-name", state["config_name"]] if state.get("config_name") else [])]
+    argv = [*source, "-m", *state["hydra_overrides"], *state["overrides"],
             f"hydra.sweep.dir={multirun.override_value(str(sweep_dir.resolve()))}"]
     if retry_failed:
         argv.append("++hydra.callbacks.report.retry_failed=true")

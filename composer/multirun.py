@@ -6,22 +6,24 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from composer.runstore import EXIT_INTERRUPTED
 
 
-def refusal(task_overrides: list[str], overrides: list[str], extra_dir: Path | None, configs: list[dict]) -> str | None:
-    """Why this multirun may not go into its sweep folder, or None. A folder holding a recorded
-    sweep (sweep.json) takes only the same sweep again, to resume it: the same sweeper, the same
-    jobs in the same order, and each job's config equal to its run's, apart from the settings
-    that change no output (schema.OUTPUT_NEUTRAL_KEYS). Each difference is named."""
+def refusal(task_overrides: list[str], settings: dict[str, Any], source: dict[str, str | None],
+            configs: list[dict]) -> str | None:
+    """Why this multirun (its sweep settings: callbacks.sweep_settings, {} where they cannot be
+    worked out; its configs' source: sweep.config_source) may not go into its sweep folder, or
+    None. A folder holding a recorded sweep (sweep.json) takes only the same sweep again, to
+    resume it: the same sweeper and configs, the same jobs in the same order, and each job's
+    config equal to its run's, apart from the settings that change no output
+    (schema.OUTPUT_NEUTRAL_KEYS). Each difference is named."""
     from composer import sweep
-    from composer.callbacks import sweep_settings
     from composer.runstore import CONFIG, SWEEP_STATE, differences, read_config
     from composer.schema import OUTPUT_NEUTRAL_KEYS, with_defaults
 
-    settings = sweep_settings(overrides, extra_dir)
-    if settings is None or not (Path(settings["dir"]) / SWEEP_STATE).is_file():
+    if not settings or not (Path(settings["dir"]) / SWEEP_STATE).is_file():
         return None
     folder = Path(settings["dir"])
     try:
@@ -50,7 +52,8 @@ def refusal(task_overrides: list[str], overrides: list[str], extra_dir: Path | N
             return (f"{folder} holds an Optuna sweep whose sampler has no seed: its trials cannot be replayed from "
                     "their folders (the sampler would propose other parameters). Set hydra.sweeper.sampler.seed "
                     "when you start a sweep you may resume; choose a new hydra.sweep.dir=... for this one")
-    changed = sweep.identity_differences(state, task_overrides, settings["sweeper"], OUTPUT_NEUTRAL_KEYS)
+    changed = sweep.identity_differences(state, task_overrides, settings["sweeper"], settings["settings"], source,
+                                         OUTPUT_NEUTRAL_KEYS)
     if not changed and state["sweeper"] == sweep.BASIC_SWEEPER:
         for number, (job, config) in enumerate(zip(state["jobs"], configs)):
             job_dir = folder / job.get("dir", str(number))

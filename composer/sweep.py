@@ -39,6 +39,7 @@ from composer.runstore import (
     METRICS,
     SWEEP_STATE,
     RunStatus,
+    differences,
     read_json,
     read_manifest,
     write_json,
@@ -134,23 +135,53 @@ def is_resume_setting(override: str) -> bool:
     return override_key(override) in RESUME_SETTINGS
 
 
-def job_list(task_overrides: list[str]) -> list[list[str]] | None:
-    """Every job's overrides in Hydra's order, as its basic sweeper expands `task_overrides` (the
-    command's overrides that are not Hydra's own); None when that sweeper cannot expand them (the
-    ranges of another sweeper, such as Optuna's)."""
+def job_list(task_overrides: list[str], params: dict[str, Any] | None = None) -> list[list[str]] | None:
+    """Every job's overrides in Hydra's order, as its basic sweeper expands them: the sweeper's
+    `params` (hydra.sweeper.params, set in config files) first, then `task_overrides` (the
+    command's overrides that are not Hydra's own; a key in both takes the command's value, in the
+    params' place). None when that sweeper cannot expand them (the ranges of another sweeper,
+    such as Optuna's)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    arguments = [f"{key}={value}" for key, value in (params or {}).items()] + list(task_overrides)  # as BasicSweeper.sweep
     try:
-        return BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(list(task_overrides)), None)[0]
+        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
     except HydraException:
         return None
+    return batches[0]
 
 
-def new_state(task_overrides: list[str], hydra_overrides: list[str], launcher: str, sweeper: str) -> dict[str, Any]:
-    """A sweep's sweep.json as it starts: its identity, every job pending."""
-    jobs = job_list(task_overrides) if sweeper == BASIC_SWEEPER else None
+def sweeper_settings(node: Any) -> dict[str, Any]:
+    """A composed `hydra.sweeper` as plain data, without its class (recorded apart): what decides
+    the jobs besides the command, such as the job ranges or search space in `params` and
+    Optuna's sampler, direction and n_trials. Interpolations resolved where they can be."""
+    from omegaconf import OmegaConf
+
+    if node is None:
+        return {}
+    try:
+        data = OmegaConf.to_container(node, resolve=True)
+    except Exception:  # noqa: BLE001 - an interpolation of a value Hydra sets at run time: as written
+        data = OmegaConf.to_container(node, resolve=False)
+    return {key: value for key, value in (data or {}).items() if key != "_target_"}
+
+
+def config_source(config_dir: str | None, config_name: str | None) -> dict[str, str | None]:
+    """Where a sweep's configs come from: --config-dir (absolute, so that it means the same from
+    any folder; None without one) and --config-name (None: composer's own `config`)."""
+    from composer.configuration import CONFIG_NAME
+
+    return {"config_dir": os.path.abspath(config_dir) if config_dir else None,
+            "config_name": config_name if config_name and config_name != CONFIG_NAME else None}
+
+
+def new_state(task_overrides: list[str], hydra_overrides: list[str], launcher: str, sweeper: str,
+              settings: dict[str, Any], source: dict[str, str | None]) -> dict[str, Any]:
+    """A sweep's sweep.json as it starts: its identity, every job pending. `settings` are the
+    sweeper's (sweeper_settings), `source` the configs' folder and name (config_source)."""
+    jobs = job_list(task_overrides, settings.get("params")) if sweeper == BASIC_SWEEPER else None
     return {
         "version": _STATE_VERSION,
         "status": SWEEP_RUNNING,
@@ -158,6 +189,8 @@ def new_state(task_overrides: list[str], hydra_overrides: list[str], launcher: s
         "hydra_overrides": [o for o in hydra_overrides if not is_resume_setting(o)],
         "launcher": launcher,
         "sweeper": sweeper,
+        "sweeper_settings": settings,
+        **source,
         "cwd": os.getcwd(),  # relative paths in the overrides (input.path=...) are read from here
         "jobs": [{"job": number, "overrides": job, "status": PENDING} for number, job in enumerate(jobs or [])],
         "attempts": [],
@@ -337,27 +370,31 @@ def job_decision(job_dir: Path, retry_failed: bool) -> str:
     return "run"
 
 
-def identity_differences(state: dict[str, Any], task_overrides: list[str], sweeper: str,
-                         neutral: frozenset[str] = frozenset()) -> list[str]:
+def identity_differences(state: dict[str, Any], task_overrides: list[str], sweeper: str, settings: dict[str, Any],
+                         source: dict[str, str | None], neutral: frozenset[str] = frozenset()) -> list[str]:
     """What makes this command another sweep than the one recorded in `state`: another sweeper,
-    or another job list (overrides of the `neutral` settings, which change no output, aside);
-    for a sweeper whose jobs are not known up front (Optuna), other overrides."""
+    other configs (--config-dir, --config-name: config_source), or another job list (overrides
+    of the `neutral` settings, which change no output, aside) as the basic sweeper expands the
+    command and its `settings`' params; for a sweeper whose jobs are not known up front (Optuna),
+    other sweeper settings (search space, sampler, ...) or other overrides."""
     if sweeper != state["sweeper"]:
         return [f"sweeper: {state['sweeper']} -> {sweeper}"]
+    lines = [f"--{key.replace('_', '-')}: {state.get(key) or '(none)'} -> {source[key] or '(none)'}"
+             for key in ("config_dir", "config_name") if state.get(key) != source[key]]
 
     def kept(job: list[str]) -> list[str]:
         return sorted(o for o in job if override_key(o).split(".")[0] not in neutral)
 
     if sweeper != BASIC_SWEEPER:
+        if "sweeper_settings" in state:  # sweeps recorded before it was: their overrides only
+            lines += [f"hydra.sweeper.{line}" for line in differences(state["sweeper_settings"], settings)]
         old, new = kept(state["overrides"]), kept(list(task_overrides))
-        if old == new:
-            return []
-        return [f"overrides: {' '.join(o for o in old if o not in new) or '(nothing)'} -> "
-                f"{' '.join(o for o in new if o not in old) or '(nothing)'}"]
-    jobs = job_list(task_overrides) or []
-
+        if old != new:
+            lines.append(f"overrides: {' '.join(o for o in old if o not in new) or '(nothing)'} -> "
+                         f"{' '.join(o for o in new if o not in old) or '(nothing)'}")
+        return lines
+    jobs = job_list(task_overrides, settings.get("params")) or []
     recorded = [job["overrides"] for job in state["jobs"]]
-    lines = []
     if len(jobs) != len(recorded):
         lines.append(f"the sweep has {len(recorded)} jobs, this command makes {len(jobs)}")
     for number, (old, new) in enumerate(zip(recorded, jobs)):

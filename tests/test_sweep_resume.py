@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from composer.testing import tiny_model_path
 from conftest import ROWS, run_cli, write_jsonl
@@ -367,8 +368,52 @@ def test_an_optuna_sweep_resumes_its_study_toward_the_configured_trials(tmp_path
     state = json.loads((sweep / "sweep.json").read_text())
     assert state["sweeper"].endswith("OptunaSweeper") and [j["status"] for j in state["jobs"]] == ["complete"] * 3
     # A study that cannot be replayed is refused before anything runs: a storage holds its trials
-    # already, and an unseeded sampler would propose other parameters.
+    # already, an unseeded sampler would propose other parameters, and so would another seed (or
+    # any other sweeper setting than the recorded ones).
     for setting, said in (("hydra.sweeper.storage=sqlite:///study.db", "with a study storage"),
-                          ("hydra.sweeper.sampler.seed=null", "sampler has no seed")):
+                          ("hydra.sweeper.sampler.seed=null", "sampler has no seed"),
+                          ("hydra.sweeper.sampler.seed=1", "hydra.sweeper.sampler.seed: 0 -> 1")):
         refused = run_cli(*command, setting, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
         assert refused.returncode == 2 and said in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+
+
+def test_a_sweep_from_a_config_dir_with_params_in_its_files_resumes_as_recorded(tmp_path):
+    """A sweep whose configs come from --config-dir and whose job ranges are set in a config file
+    (hydra.sweeper.params), not on the command line: sweep.json lists the jobs Hydra runs, resume
+    composes from the same folder (from anywhere), and another --config-dir or another range in
+    the file is refused, naming it."""
+    configs = tmp_path / "configs"
+    (configs / "experiment").mkdir(parents=True)
+    experiment = configs / "experiment" / "mine.yaml"
+    experiment.write_text("# @package _global_\ndefaults:\n  - tiny-sentiment\nname: mine\n"
+                          "hydra:\n  sweeper:\n    params:\n      input.limit: 2,3\n")
+    data = write_jsonl(tmp_path / "labelled.jsonl", ROWS)
+    command = ["--config-dir", "configs", "-m", "experiment=mine", "threads=1", "progress=false", "input=jsonl",
+               f"input.path={data}", "input.id_field=uid", "hydra.sweep.dir=sweep"]
+    first = run_cli("run", *command, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    sweep = tmp_path / "sweep"
+    state = json.loads((sweep / "sweep.json").read_text())
+    assert state["config_dir"] == str(configs) and state["config_name"] is None
+    assert state["sweeper_settings"]["params"] == {"input.limit": "2,3"}
+    for job in state["jobs"]:  # the jobs Hydra ran, each as its folder says
+        assert job["overrides"] == yaml.safe_load((sweep / str(job["job"]) / ".hydra" / "overrides.yaml").read_text())
+    assert [job["overrides"][0] for job in state["jobs"]] == ["input.limit=2", "input.limit=3"]
+    shutil.rmtree(sweep / "1")  # as if the sweep had been killed before its last job
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = run_cli("resume", str(sweep), cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert "job 0 finished before (complete), kept" in done.stderr
+    assert [_status(sweep / job) for job in ("0", "1")] == ["complete", "complete"]
+    assert [(r["run"], r["input.limit"], r["counts.records_in"]) for r in _summary(sweep)] == [("0", "2", "2"), ("1", "3", "3")]
+    recorded = (sweep / "sweep.json").read_bytes()
+    shutil.copytree(configs, tmp_path / "copy")
+    for other, said in ((["--config-dir", "copy"], f"--config-dir: {configs} -> {tmp_path / 'copy'}"),
+                        (["--config-dir", "configs", "--config-name", "other"], "--config-name: (none) -> other")):
+        refused = run_cli("run", *other, *command[2:], cwd=tmp_path)
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+    experiment.write_text(experiment.read_text().replace("2,3", "2,4"))
+    refused = run_cli("run", *command, cwd=tmp_path)
+    assert refused.returncode == 2 and "job 1: input.limit=3 -> input.limit=4" in refused.stderr, refused.stderr
+    assert (sweep / "sweep.json").read_bytes() == recorded  # refused before anything was written
