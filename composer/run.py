@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,8 @@ class _Attempt:
     entry: runstore.Attempt
     skip_ids: runstore.Written | set[str]
     damaged: runstore.RunFolderError | None
+    # Per model stage, the input tokens of the records earlier attempts wrote (_earlier_input_tokens).
+    earlier_tokens: dict[str, int | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -203,6 +205,8 @@ def _set_up(config: dict[str, Any], run_dir: Path, graph: Graph, attempt: _Attem
         if attempt.skip_ids and stage.restores_state:
             stage.restore(runstore.iter_jsonl(run_dir / runstore.OUTPUTS))
     attempt.entry["setup_seconds"] = time.perf_counter() - setup_started
+    if attempt.skip_ids:
+        attempt.earlier_tokens = _earlier_input_tokens(graph, run_dir)
     # After setup: whether batches may run side by side depends on where the model loaded.
     manifest["threads"] = split_threads(total_threads, config["workers"], graph.model_stages())
     # Again after setup: a model loaded fresh may have drawn random numbers, one reused from
@@ -248,7 +252,7 @@ def _finish(config: dict[str, Any], run_dir: Path, graph: Graph, log: RunLog, at
         records_failed=stats.records_failed,
         batches=stats.batches,
     )
-    runstore.write_json(run_dir / runstore.METRICS, _metrics(graph, stats, run_dir, config))
+    runstore.write_json(run_dir / runstore.METRICS, _metrics(graph, stats, run_dir, config, attempt.earlier_tokens))
     manifest.update(
         status=outcome.status,
         exit_code=outcome.exit_code,
@@ -329,23 +333,25 @@ def _stage_facts(graph: Graph, stage: Any) -> dict[str, Any]:
     }
 
 
-def _metrics(graph: Graph, stats: ExecutionStats, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """Throughput and latency of this attempt; quality over every record in outputs.jsonl, so a
-    resumed run is scored on all of its records."""
+def _metrics(graph: Graph, stats: ExecutionStats, run_dir: Path, config: dict[str, Any],
+             earlier_tokens: dict[str, int | None]) -> dict[str, Any]:
+    """Quality, and the records and input tokens, over every record the run wrote (a resumed run
+    counts what its earlier attempts wrote, `earlier_tokens` for the tokens, so that these equal an
+    uninterrupted run's); seconds, rates and latency of this attempt (timings: they measure it)."""
     seconds = stats.seconds
     main_model = next(stage for stage in graph.model_stages() if stage.name == MODEL)
-    # Tokens exist where the main model reads text: its tokenizer's count of the inputs it ran.
-    tokens = main_model.input_tokens or None
+    # Tokens exist where a model reads text: its tokenizer's count of the inputs it ran.
+    tokens = {stage.name: _run_tokens(stage, earlier_tokens) for stage in graph.model_stages()}
     metrics: dict[str, Any] = {
         "throughput": {
-            "records": stats.records_ok,
+            "records": runstore.count_lines(run_dir / runstore.OUTPUTS),
             "seconds": seconds,
             "records_per_second": stats.records_ok / seconds if seconds > 0 else None,
-            "input_tokens": tokens,
-            "tokens_per_second": tokens / seconds if tokens and seconds > 0 else None,
+            "input_tokens": tokens[MODEL],
+            "tokens_per_second": main_model.input_tokens / seconds if main_model.input_tokens and seconds > 0 else None,
         },
         "models": {
-            stage.name: {"load_seconds": stage.load_seconds, "input_tokens": stage.input_tokens or None,
+            stage.name: {"load_seconds": stage.load_seconds, "input_tokens": tokens[stage.name],
                          "latency": latency_summary(stage.batch_seconds)}
             for stage in graph.model_stages()
         },
@@ -364,3 +370,32 @@ def _metrics(graph: Graph, stats: ExecutionStats, run_dir: Path, config: dict[st
         if (result := quality.result()) is not None:
             metrics["quality"][MODEL] = result
     return metrics
+
+
+def _earlier_input_tokens(graph: Graph, run_dir: Path, chunk: int = 1024) -> dict[str, int | None]:
+    """Per model stage, the input tokens of the records that earlier attempts wrote to
+    outputs.jsonl, counted now by the stage's tokenizer from the input each row holds (None when
+    a row lacks it: a later stage took it away). A killed attempt never recorded its counts; with
+    these a resumed run's token counts are an uninterrupted run's."""
+    import itertools
+
+    counts: dict[str, int | None] = {}
+    for stage in graph.model_stages():
+        rows, total = runstore.iter_jsonl(run_dir / runstore.OUTPUTS), 0
+        try:
+            while block := list(itertools.islice(rows, chunk)):
+                # As for a batch: the exact counts are kept under the records' ids, then taken.
+                stage.input_lengths(block)
+                total += stage.tokens.take([str(row["id"]) for row in block])
+        except Exception:  # noqa: BLE001 - a metric must not fail the run: this count is unknown
+            counts[stage.name] = None
+        else:
+            counts[stage.name] = total
+    return counts
+
+
+def _run_tokens(stage: Any, earlier_tokens: dict[str, int | None]) -> int | None:
+    """A model stage's input tokens over the whole run (this attempt's and the earlier ones');
+    None when there are none (not text) or the earlier ones are unknown."""
+    earlier = earlier_tokens.get(stage.name, 0)
+    return stage.input_tokens + earlier if earlier is not None and stage.input_tokens + earlier else None

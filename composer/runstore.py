@@ -100,7 +100,7 @@ class Manifest(TypedDict, total=False):
     stages: dict[str, dict[str, Any]]  # per stage: kind, type, inputs, reads, writes, fingerprint and its own facts
     exit_code: int  # how the last attempt ended (EXIT_*)
     finished_at: str  # ISO time (UTC) the last attempt ended
-    counts: dict[str, int]  # records_in, records_ok, records_failed (from the files) and batches (all attempts)
+    counts: dict[str, int]  # records_in, records_ok, records_failed (from the files); batches (attempts that ended)
     timings: dict[str, Any]  # the last attempt's wall, processing and per-stage seconds
     peak_memory: dict[str, Any]  # the last attempt's peak RSS (and CUDA) bytes, and where the RSS came from
     error: dict[str, str] | None  # type, message (and traceback) of what ended the run; None if nothing did

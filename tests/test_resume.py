@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from composer import api
-from composer.runstore import repair_torn_tail
+from composer.runstore import flatten, repair_torn_tail
 from conftest import read_jsonl, run_cli, stop_requested_at, write_jsonl
 
 N_RECORDS = 240
@@ -217,3 +217,33 @@ def test_a_stop_inside_a_window_then_resume_keeps_error_lines_in_input_order(tmp
     assert (resumed.run_dir / "errors.jsonl").read_bytes() == (whole.run_dir / "errors.jsonl").read_bytes()
     assert (resumed.run_dir / "outputs.jsonl").read_bytes() == (whole.run_dir / "outputs.jsonl").read_bytes()
     _assert_counts_add_up(resumed.run_dir, 64)
+
+
+# metrics.json keys that measure the attempt, not the run's result (see tests/test_sweep_resume.py).
+TIMINGS = ("seconds", "per_second", "latency.")
+
+
+@pytest.mark.parametrize("overrides", [
+    ["task=text-classification"],  # tokenized ahead by the pipeline's own preprocess
+    ["task=token-classification", "model=tiny-token-classification", "batch_size=2"],  # lengths measured ahead, sorted
+    ["task=text-generation", "model=tiny-text-generation", "call.max_new_tokens=2"],  # tokenized in process()
+])
+def test_a_resumed_run_counts_the_records_and_input_tokens_of_every_attempt(overrides, tmp_path, monkeypatch):
+    """A resumed run's metrics.json equals an uninterrupted run's but for its timings: records and
+    input tokens over every attempt (those of what earlier attempts wrote counted from
+    outputs.jsonl, as for a killed attempt, which recorded none), not its last attempt's alone."""
+    texts = [f"record {i} " + "alpha beta gamma " * (i % 5) for i in range(24)]
+    config = ["experiment=tiny-sentiment", "threads=1", "progress=false", "input=inline", f"input.records={json.dumps(texts)}",
+              "batch_size=2", "sort_window=4", "prefetch=0", *overrides]
+    whole = api.run(config, run_dir=tmp_path / "whole")
+    with monkeypatch.context() as patch:
+        patch.setattr("composer.run._StopRequests", stop_requested_at(3))
+        stopped = api.run(config, run_dir=tmp_path / "run")
+    assert stopped.status == "interrupted" and 0 < len(stopped.outputs()) < len(texts)
+    resumed = api.resume(tmp_path / "run")
+
+    def results(metrics: dict) -> dict:
+        return {key: value for key, value in flatten(metrics).items() if not any(t in key for t in TIMINGS)}
+
+    assert results(resumed.metrics()) == results(whole.metrics())
+    assert resumed.metrics()["throughput"]["records"] == len(texts) and resumed.metrics()["throughput"]["input_tokens"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from composer.runstore import flatten
 from composer.testing import tiny_model_path
 from conftest import ROWS, run_cli, write_jsonl
 
@@ -31,10 +32,11 @@ CONFIG = ["experiment=tiny-sentiment", "task=text-generation", "model=tiny-text-
 SWEPT = ["call.max_new_tokens=6,8,10"]  # three jobs, each with its own outputs
 JOBS = ["0", "1", "2"]
 LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
-# summary.csv columns that are timings, not results, and what a resumed run counts for its last
-# attempt only (run-level resume: throughput.*, the model's input_tokens and latency batches), and
-# counts.batches (a killed attempt never recorded its batches).
-TIMING = ("throughput.", "latency", "seconds", "peak_memory.", "models.model.load", "input_tokens", "counts.batches")
+# summary.csv / metrics.json columns that measure how the work went, not what it produced, so
+# they differ between any two runs: seconds and rates (a resumed run's are its last attempt's),
+# batch latency and peak memory. And the batch counts: a resumed run batches what was left anew
+# (its windows start where the killed one stopped) and a killed attempt's batches die with it.
+TIMING = ("seconds", "per_second", "latency.", "peak_memory.", "counts.batches")
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +116,9 @@ def _assert_equals_reference(sweep: Path, reference: Path) -> None:
         assert manifest["config_sha256"] == expected["config_sha256"]
         assert {k: v for k, v in manifest["counts"].items() if k != "batches"} == \
             {k: v for k, v in expected["counts"].items() if k != "batches"}
+        metrics, expected_metrics = (_results([flatten(json.loads((folder / job / "metrics.json").read_text()))])
+                                     for folder in (sweep, reference))
+        assert metrics == expected_metrics and metrics[0]["throughput.records"] == N_RECORDS, job
     rows = _summary(sweep)
     assert [row["run"] for row in rows] == JOBS  # one row per job
     assert list(rows[0]) == list(_summary(reference)[0])
@@ -417,3 +422,4 @@ def test_a_sweep_from_a_config_dir_with_params_in_its_files_resumes_as_recorded(
     refused = run_cli("run", *command, cwd=tmp_path)
     assert refused.returncode == 2 and "job 1: input.limit=3 -> input.limit=4" in refused.stderr, refused.stderr
     assert (sweep / "sweep.json").read_bytes() == recorded  # refused before anything was written
+
