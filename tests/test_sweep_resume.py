@@ -423,3 +423,26 @@ def test_a_sweep_from_a_config_dir_with_params_in_its_files_resumes_as_recorded(
     assert refused.returncode == 2 and "job 1: input.limit=3 -> input.limit=4" in refused.stderr, refused.stderr
     assert (sweep / "sweep.json").read_bytes() == recorded  # refused before anything was written
 
+
+def test_ctrl_c_on_a_submitit_local_sweep_stops_its_jobs_cleanly(data, reference, tmp_path):
+    """submitit_local runs every job at once, each in a process of its own: Ctrl-C (to the whole
+    process group, as a terminal sends it) stops each job after its batch (`interrupted`), the
+    sweep says so and prints the resume command, and resume finishes all three. (submitit's own
+    local controller processes print a KeyboardInterrupt traceback of theirs.)"""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    process = _start(_command(data, sweep, ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]), tmp_path)
+    _wait(lambda: all(_lines(sweep / job / "outputs.jsonl") >= 10 for job in JOBS), process, "every job wrote 10 lines")
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr
+    assert f"composer: sweep interrupted; finish it with: composer resume {sweep}" in stderr
+    assert [_status(sweep / job) for job in JOBS] == ["interrupted"] * 3
+    for job in JOBS:  # stopped between batches: whole lines only, and fewer than all
+        assert (sweep / job / "outputs.jsonl").read_bytes().endswith(b"\n") and _lines(sweep / job / "outputs.jsonl") < N_RECORDS
+    state = json.loads((sweep / "sweep.json").read_text())
+    assert state["status"] == "interrupted" and [j["status"] for j in state["jobs"]] == ["interrupted"] * 3
+    done = run_cli("resume", str(sweep), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "(3 jobs: 3 interrupted)" in done.stderr
+    _assert_equals_reference(sweep, reference)
