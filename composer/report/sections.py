@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from composer.report.agreement import agreement_rows
 from composer.report.rows import Run, cell, config_differences, config_value, swept_parameters
 from composer.report.tables import Table, baseline_rows, error_text, format_value, headline, model_rows, version_rows
 from composer.runstore import RunStatus
@@ -48,6 +49,16 @@ def build_sections(runs: Sequence[Run], baseline: Run | None, plots: list[tuple[
             "Against the baseline",
             f"Baseline: {baseline.path.name} ({baseline.status}). Each cell: value (change vs baseline).",
             baseline_rows(runs, baseline),
+        ))
+    agreement = agreement_rows(runs, baseline)
+    if agreement is not None:
+        reference, table = agreement
+        sections.append(Section(
+            "Outputs against " + reference,
+            f"Record by record (matched by id), how far each run's outputs are from those of {reference}: the cosine of "
+            "vector fields (embeddings) and the share of records with the same best label. A faster setting "
+            "(quantization, another backend) is only a gain where these stay close.",
+            table,
         ))
     if plots:
         sections.append(Section("Plots", images=plots))
