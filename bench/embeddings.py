@@ -22,7 +22,9 @@ starts one variant later); the table shows the median of the rounds and their ra
     .venv/bin/python bench/embeddings.py      # 2,000 texts, 3 rounds
     .venv/bin/python bench/embeddings.py --n 500 --rounds 1   # a quick look
 
-Speed on a shared machine is noisy: read the ratios within one run.
+Speed on a shared machine is noisy: read the ratios within one run. `--busy N` measures how
+each variant copes with a busy machine: N processes spinning on the CPU run beside it the
+whole time (one per core is what another user's job does to you).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -185,6 +188,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for every variant (default: one per core)")
     parser.add_argument("--only", default=None, help="comma-separated substrings of variant names (the reference always runs)")
+    parser.add_argument("--busy", type=int, default=0, help="CPU-spinning processes to run beside every variant")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     import torch
@@ -202,7 +206,7 @@ def main() -> None:
     data = work / "texts.jsonl"
     data.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
     tokens = sorted(len(ids) for ids in AutoTokenizer.from_pretrained(folder)(texts)["input_ids"])
-    print(f"{args.n} texts, tokens min {tokens[0]} median {tokens[len(tokens) // 2]} max {tokens[-1]}; {threads} thread(s), "
+    print(f"{args.n} texts, {args.busy} busy process(es) beside, tokens min {tokens[0]} median {tokens[len(tokens) // 2]} max {tokens[-1]}; {threads} thread(s), "
           f"{args.rounds} round(s)", flush=True)
     variants = {
         "pipeline() bs=8 + mean pool (reference)": pipeline_variant(folder, texts),
@@ -214,14 +218,32 @@ def main() -> None:
         variants = {k: v for k, v in variants.items() if "reference" in k or any(o in k for o in args.only.split(","))}
     labels = list(variants)
     rates: dict[str, list[float]] = {label: [] for label in labels}
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        vectors = measure(args.rounds, threads, labels, variants, rates)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+    report(args, threads, labels, rates, vectors)
+
+
+def measure(rounds: int, threads: int, labels: list[str], variants: dict, rates: dict[str, list[float]]) -> dict[str, list]:
+    """Each round runs every variant once, starting one variant later than the round before;
+    returns each variant's vectors from its first round."""
+    import torch
+
     vectors: dict[str, list] = {}
-    for round_index in range(args.rounds):
+    for round_index in range(rounds):
         for label in labels[round_index % len(labels):] + labels[:round_index % len(labels)]:
             torch.set_num_threads(threads)  # a composer run leaves its own intra-op split behind
             rate, out = variants[label]()
             rates[label].append(rate)
             vectors.setdefault(label, out)
-            print(f"  [{round_index + 1}/{args.rounds}] {label:44s} {rate:8.1f} texts/s", flush=True)
+            print(f"  [{round_index + 1}/{rounds}] {label:44s} {rate:8.1f} texts/s", flush=True)
+    return vectors
+
+
+def report(args: argparse.Namespace, threads: int, labels: list[str], rates: dict[str, list[float]], vectors: dict[str, list]) -> None:
     composer = statistics.median(rates["composer feature-extraction + mean_pool"]) if "composer feature-extraction + mean_pool" in rates else None
     reference = vectors[labels[0]]
     rows = []
@@ -234,7 +256,8 @@ def main() -> None:
         versus = f"{row['vs_composer']:.2f}" if composer else "-"
         print(f"| {label} | {median:.1f} | {min(rates[label]):.1f}-{max(rates[label]):.1f} | {versus} | {row['min_cosine']:.7f} |")
     if args.json:
-        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "threads": threads, "n": args.n, "rows": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "threads": threads, "n": args.n, "busy": args.busy,
+                                         "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
