@@ -443,3 +443,18 @@ def test_media_fields_over_http_take_data_uris_and_refuse_files_and_inside_addre
             status, _, answer = post(served.url, "/v1/predict", {"image": value})
             assert status == 422 and answer["issues"][0]["field"] == "image" and why in answer["issues"][0]["message"], answer
 
+
+
+def test_with_the_result_cache_a_server_answers_from_what_runs_computed(tmp_path, workdir, run_outputs):
+    """cache=on: a server shares the result cache's entries with `composer run` (same keys), so
+    records a run computed are answered without the model loading, and equal the run's outputs."""
+    cache = ["cache=on", f"cache.path={tmp_path / 'cache.sqlite'}"]
+    rows = f"input.path={workdir / 'rows.jsonl'}"
+    run_cli("run", *BASE, rows, *cache, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=True)
+    with InProcess([*BASE, rows, *cache], tmp_path / "served") as server:
+        status, _, answers = post(server.url, "/v1/predict", SERVED_ROWS[:6])
+    assert status == 200, answers
+    for answer, expected in zip(answers, run_outputs[:6], strict=True):
+        assert_close(answer, expected, where=answer["id"])
+    model = json.loads((tmp_path / "served" / "manifest.json").read_text())["stages"]["model"]
+    assert model["cache"]["hits"] == 6 and model["cache"]["misses"] == 0 and model["loaded"] is False

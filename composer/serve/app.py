@@ -90,6 +90,9 @@ def create_app(state: ServerState) -> Starlette:
             await loading  # a set-up thread cannot be cut short; a stop while loading waits for it
             if state.batcher is not None:
                 await asyncio.to_thread(state.batcher.stop)
+                # The stages' facts as they end, as a run's manifest has them (result-cache hits,
+                # the batches' sizes), while the stages are still open.
+                state.folder.update(stages=state.service.stage_facts())
             await asyncio.to_thread(state.service.close)
             state.folder.close(state.exit_code, state.error, dict(state.metrics.by_status))
 

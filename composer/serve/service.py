@@ -38,6 +38,10 @@ class Service:
         self.source: RowSource = source
         self.stages = self.graph.stages()[1:]  # the transforms, the models and the outputs sink
         self._workers: ThreadPoolExecutor | None = None
+        # cache=on serves model outputs from the result cache as a run does (same keys, so a
+        # server and the runs and sweeps before it share entries); a model then loads at its
+        # first miss.
+        self.cache = self.graph.attach_cache(config["cache"])
 
     def set_up(self) -> dict[str, Any]:
         """What a run's set-up does before its first window (run._set_up): seeds, the run's
@@ -121,3 +125,5 @@ class Service:
             self._workers.shutdown(wait=True)
         for stage in self.graph.stages():
             stage.close()
+        if self.cache is not None:
+            self.cache.close()
