@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ACTOR_START_TIMEOUT_S = 600  # the actor pool must be up (models loaded) within this
+
 
 def refusals(graph: Graph) -> list[ConfigIssue]:
     """Why this graph cannot run on Ray with the local executor's outputs (empty: it can)."""
@@ -80,7 +82,7 @@ class _Block:
     stage_seconds: dict[str, float]
     model_batch_seconds: dict[str, list[float]]
     model_input_tokens: dict[str, int]
-    actor: str
+    actor: str  # "<Ray actor id>:<pid>"
     actor_facts: _ActorFacts
     seconds: float
 
@@ -107,8 +109,12 @@ class RayExecutor(Executor):
         stats.stage_seconds = {s.name: 0.0 for s in graph.stages()}
         started = time.perf_counter()
         ours = not ray.is_initialized()
-        if ours:  # null: a Ray of our own for this run; else join the cluster at the address
-            ray.init(address=self.settings["address"], include_dashboard=False, log_to_driver=True)
+        if ours:  # null: a Ray of our own for this run ("local", even where a cluster runs here); else join the address
+            address = self.settings["address"]
+            try:
+                ray.init(address=address or "local", include_dashboard=False, log_to_driver=True)
+            except (ConnectionError, ValueError) as error:
+                raise RuntimeError(f"executor.address={address!r}: Ray could not start or join a cluster there: {error}") from error
         try:
             self._stream(graph, stats, policy, on_failures, advance)
         finally:
@@ -126,7 +132,7 @@ class RayExecutor(Executor):
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         cache = bool(self.config["cache"].get("enabled"))
         self.facts_.update(ray_version=ray.__version__, address=self.settings["address"], nodes=len(nodes),
-                           cluster_resources=ray.cluster_resources(), actors=self.settings["actors"],
+                           cluster_resources=ray.cluster_resources(), actors_requested=self.settings["actors"],
                            num_cpus_per_actor=self.settings["num_cpus_per_actor"],
                            num_gpus_per_actor=self.settings["num_gpus_per_actor"], block_records=size,
                            cache="off" if not cache else "on: the actors share the SQLite file")
@@ -137,7 +143,10 @@ class RayExecutor(Executor):
                         "SQLite file on one machine", len(nodes))
         items = unfinished(graph.source.iter_records(), policy.skip_ids, stats)
         blocks = [{"block": pickle.dumps(block, protocol=5)} for block in batches(items, size)]
-        self.facts_["blocks"] = len(blocks)
+        # No more actors than blocks: an actor with nothing to do would only load the models, and
+        # Ray Data may cancel it while the pool waits for every actor to start.
+        actor_count = min(self.settings["actors"], max(len(blocks), 1))
+        self.facts_.update(blocks=len(blocks), actors=actor_count)
         actors: dict[str, _ActorFacts] = {}
         self.facts_["per_actor"] = actors
         if not blocks:
@@ -145,11 +154,17 @@ class RayExecutor(Executor):
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # set before the dataset exists: it is read when it is built
         context.enable_progress_bars = False  # the run's own bar counts records
+        # Every actor loads its models before the first block is handed out, so blocks spread over
+        # all of them; a cluster too small for the pool fails with Ray's "Timed out while starting
+        # actors" instead of waiting forever.
+        context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
         dataset = ray.data.from_items(blocks, override_num_blocks=len(blocks)).map_batches(
             _Worker,
             batch_size=1,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=self.settings["actors"]),
+            # One block in flight per actor: an idle actor takes the next block, and memory stays
+            # at a block per actor (plus those preserve_order keeps for the driver).
+            compute=ray.data.ActorPoolStrategy(size=actor_count, max_tasks_in_flight_per_actor=1),
             num_cpus=self.settings["num_cpus_per_actor"],
             num_gpus=self.settings["num_gpus_per_actor"] or None,
             fn_constructor_kwargs={"config": self.config, "cache": cache},
@@ -196,7 +211,8 @@ class _Worker:
 
         transformers_logging.disable_progress_bar()
         context = ray.get_runtime_context()
-        self.id = context.get_actor_id()
+        # An actor Ray restarts (its node lost) keeps its id but is a new process: both are listed.
+        self.id = f"{context.get_actor_id()}:{os.getpid()}"
         self.graph = plan(config, deep=True)
         if cache:
             self.graph.attach_cache(config["cache"])

@@ -41,6 +41,16 @@ class AudioArray(np.ndarray):
     def __array_finalize__(self, obj: Any) -> None:
         self.sampling_rate = getattr(obj, "sampling_rate", 0)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its rate (an ndarray pickles only its data): records cross processes
+        pickled, between the Ray executor's driver and actors."""
+        constructor, arguments, state = super().__reduce__()[:3]
+        return constructor, arguments, (state, self.sampling_rate)
+
+    def __setstate__(self, state: tuple[Any, int]) -> None:
+        array_state, self.sampling_rate = state
+        super().__setstate__(array_state)
+
     def __json__(self) -> dict[str, Any]:
         samples = np.ascontiguousarray(self, dtype=np.float32)
         return {

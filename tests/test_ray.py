@@ -1,0 +1,224 @@
+"""executor=ray (issue 18) on a simulated cluster: a head node and a worker node with two fake
+GPUs (ray.cluster_utils.Cluster), started once for the session (Ray takes seconds to start).
+
+Outputs must equal the local executor's byte for byte (CPU, fp32, tiny models) for a text, an
+image and an audio task, failures and resume included; a worker node lost mid-run must lose and
+duplicate nothing; each actor must get its own CUDA_VISIBLE_DEVICES."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from composer import api
+from composer.schema import ConfigError
+from tests.conftest import REPO, write_jsonl
+
+ray = pytest.importorskip("ray", reason="executor=ray needs Ray: pip install \"pipeline-composer[ray]\"")
+
+NODE = {"object_store_memory": 80 * 1024 * 1024}  # small object stores: the blocks are small
+RAY = ["executor=ray", "executor.actors=2", "executor.num_cpus_per_actor=0.25"]
+TEXT = ["experiment=tiny-sentiment", "input.id_field=id", "batch_size=2", "sort_window=8", "progress=false"]
+
+
+@pytest.fixture(scope="session")
+def cluster(tiny_model_cache):
+    """A head node (1 CPU) and a worker node (1 CPU, 2 fake GPUs) on this machine; the test
+    process is the driver. The actors inherit this process's environment
+    (offline Hub, the session's tiny-model cache)."""
+    from ray.cluster_utils import Cluster
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    simulated = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, **NODE})
+    simulated.add_node(num_cpus=1, num_gpus=2, **NODE)
+    ray.init(address=simulated.address, log_to_driver=False)
+    yield simulated
+    ray.shutdown()
+    simulated.shutdown()
+
+
+def _texts(path: Path, count: int = 24) -> Path:
+    """`count` labelled reviews, ids 000.., with a line that is not JSON and a text that is a number."""
+    rows = [{"id": f"{i:03d}", "text": f"review {i}: " + "great value " * (i % 5) + "broken box " * (i % 3),
+             "label": "POSITIVE" if i % 2 else "NEGATIVE"} for i in range(count)]
+    rows[5]["text"] = 5
+    write_jsonl(path, rows)
+    lines = path.read_text().splitlines()
+    lines.insert(9, "{not json")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _same_files(local: api.RunResult, on_ray: api.RunResult) -> None:
+    for name in ("outputs.jsonl", "errors.jsonl"):
+        assert (on_ray.run_dir / name).read_bytes() == (local.run_dir / name).read_bytes(), name
+
+
+def test_text_outputs_and_errors_equal_the_local_executors(cluster, tmp_path):
+    data = _texts(tmp_path / "reviews.jsonl")
+    overrides = [*TEXT, "input=jsonl", f"input.path={data}"]
+    local = api.run(overrides, run_dir=tmp_path / "local")
+    on_ray = api.run([*overrides, *RAY], run_dir=tmp_path / "ray")
+    assert (local.status, local.exit_code) == (on_ray.status, on_ray.exit_code) == ("completed_with_errors", 1)
+    _same_files(local, on_ray)
+    facts = on_ray.manifest()["executor"]
+    assert facts["type"] == "ray" and facts["ray_version"] == ray.__version__ and facts["nodes"] == 2
+    assert facts["cluster_resources"]["GPU"] == 2 and facts["actors"] == 2 and facts["blocks"] == 4
+    assert sum(actor["records"] for actor in facts["per_actor"].values()) == 25  # 24 rows + the unreadable line
+    assert local.manifest()["executor"] == {"type": "local"}
+    metrics = on_ray.metrics()
+    assert metrics["throughput"]["records"] == 23 and metrics["models"]["model"]["latency"]  # the actors' batches
+
+
+def test_resume_on_ray_completes_a_local_run_stopped_by_on_error_fail(cluster, tmp_path):
+    """executor is output-neutral: a run stopped on one executor resumes on the other, and the
+    folder equals an uninterrupted run's."""
+    data = _texts(tmp_path / "reviews.jsonl")
+    overrides = [*TEXT, "input=jsonl", f"input.path={data}"]
+    whole = api.run(overrides, run_dir=tmp_path / "whole")
+    stopped = api.run([*overrides, "on_error=fail"], run_dir=tmp_path / "resumed")
+    assert (stopped.status, stopped.exit_code) == ("aborted", 3)
+    resumed = api.run([*overrides, *RAY], run_dir=tmp_path / "resumed")
+    assert resumed.status == "completed_with_errors"
+    _same_files(whole, resumed)
+
+
+def test_image_outputs_equal_the_local_executors(cluster, tmp_path):
+    folder = tmp_path / "photos"
+    for i in range(6):
+        (folder / ("cats" if i % 2 else "dogs")).mkdir(parents=True, exist_ok=True)
+        pixels = np.random.default_rng(i).integers(0, 255, (24 + 4 * i, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / ("cats" if i % 2 else "dogs") / f"{i}.png")
+    (folder / "cats" / "broken.png").write_bytes(b"not a png")
+    overrides = ["experiment=image-classification", "model=tiny-image-classification", "input=image_folder",
+                 f"input.path={folder}", "input.label_field=folder", "batch_size=2", "progress=false"]
+    local = api.run(overrides, run_dir=tmp_path / "local")
+    on_ray = api.run([*overrides, *RAY, "executor.batch_size=3"], run_dir=tmp_path / "ray")
+    assert local.status == on_ray.status == "completed_with_errors"
+    _same_files(local, on_ray)
+
+
+def test_audio_outputs_equal_the_local_executors(cluster, tmp_path):
+    paths = []
+    for i, rate in enumerate((16_000, 8_000, 44_100)):
+        path = tmp_path / f"clip{i}.wav"
+        sf.write(path, np.random.default_rng(i).uniform(-0.5, 0.5, int(rate * (0.3 + 0.2 * i))).astype(np.float32), rate)
+        paths.append(str(path))
+    overrides = ["experiment=audio-classification", "model.id=tiny:audio-classification",
+                 f"input.records=[{','.join(paths)}]", "batch_size=2", "progress=false"]
+    local = api.run(overrides, run_dir=tmp_path / "local")
+    on_ray = api.run([*overrides, *RAY], run_dir=tmp_path / "ray")
+    assert local.status == on_ray.status == "complete"
+    _same_files(local, on_ray)
+
+
+def test_each_actor_gets_its_own_gpu(cluster, tmp_path):
+    """Two actors asking one GPU each land on the node with two (fake) GPUs, each seeing only its
+    own; the model stays on CPU (no CUDA here) and the outputs do not change."""
+    data = _texts(tmp_path / "reviews.jsonl")
+    overrides = [*TEXT, "input=jsonl", f"input.path={data}"]
+    on_ray = api.run([*overrides, *RAY, "executor.num_gpus_per_actor=1"], run_dir=tmp_path / "ray")
+    actors = on_ray.manifest()["executor"]["per_actor"].values()
+    assert sorted(actor["cuda_visible_devices"] for actor in actors) == ["0", "1"]
+    assert len({actor["node"] for actor in actors}) == 1
+
+
+def test_graphs_that_compare_records_with_earlier_ones_are_refused(tmp_path):
+    """near_duplicates (the default job) needs every earlier record: split between actors it
+    would not see them, so the run is refused before anything loads and no run begins."""
+    with pytest.raises(ConfigError) as error:
+        api.run(["executor=ray", "progress=false"], run_dir=tmp_path / "run")
+    assert "executor.type" in str(error.value) and "compares each record" in str(error.value)
+    assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_scaling_out_block_runs_as_shown(cluster, tmp_path):
+    """README "Scaling out", each line as written: the extra exists (and CI installs it); a local
+    Ray started by the run; `address=auto` on the simulated cluster, two actors on its two fake
+    GPUs; the SLURM sweep's launcher config composes (no SLURM here)."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+    import tomllib
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Scaling out", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    install, local_ray, cluster_run, slurm = [line.partition("  #")[0].strip() for line in block.strip().splitlines()]
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert install == 'pip install "pipeline-composer[ray]"' and extras["ray"] == ["ray[data]>=2.60"]
+    assert "ray[data]>=2.60" in extras["test"]
+
+    def composer(words: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+        assert words[0] == "composer", words
+        return subprocess.run([sys.executable, "-m", "composer", *words[1:]], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600, env=env)
+
+    # A user's shell: none of the RAY_* settings this process's own Ray driver put in its environment.
+    alone = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    done = composer([*shlex.split(local_ray), "progress=false"], alone)  # a Ray of its own, though the simulated cluster runs here
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    facts = api.RunResult.load(Path(done.stdout.split("run complete: ", 1)[1].splitlines()[0])).manifest()["executor"]
+    assert facts["type"] == "ray" and facts["nodes"] == 1 and "GPU" not in facts["cluster_resources"]
+    # address=auto, run by this process (already the simulated cluster's driver): a second driver
+    # process joining a ray.cluster_utils cluster had its actors cancelled as they were created.
+    words = shlex.split(cluster_run)
+    on_cluster = api.run([*words[2:], "progress=false"], run_dir=tmp_path / "cluster")
+    facts = on_cluster.manifest()["executor"]
+    assert facts["address"] == "auto" and facts["nodes"] == 2
+    assert sorted(a["cuda_visible_devices"] for a in facts["per_actor"].values()) == ["0", "1"]
+    # The sweep as one job's launcher config: no -m, the first value of each swept key.
+    words = [w.split(",")[0] for w in shlex.split(slurm) if w != "-m"]
+    done = composer([*words, "progress=false", "--cfg", "hydra"], alone)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in done.stdout
+    assert "partition: gpu" in done.stdout
+
+
+def test_a_worker_node_lost_mid_run_loses_and_duplicates_nothing(cluster, tmp_path):
+    """Two actors (0.75 CPU each: one per 1-CPU node) hold their blocks past the first 16
+    records; the worker node of one of them is killed while it holds its block, a fresh node
+    joins (as an autoscaler would add one), and the run goes on: Ray restarts the lost actor and
+    retries its block. outputs.jsonl and errors.jsonl equal the local executor's. Runs last: it
+    takes a node of the session's cluster away."""
+    release = tmp_path / "release"
+    data = _texts(tmp_path / "reviews.jsonl", count=40)
+    hold = f"preprocess=[{{_target_: tests.ray_stages.HoldFrom, start: 16, release: '{release}'}}]"
+    overrides = [*TEXT, "input=jsonl", f"input.path={data}", "allow_any_target=true", hold]
+    release.write_text("")
+    local = api.run(overrides, run_dir=tmp_path / "local")
+    release.unlink()
+    done: dict[str, api.RunResult] = {}
+    runner = threading.Thread(target=lambda: done.update(run=api.run(
+        [*overrides, "executor=ray", "executor.actors=2", "executor.num_cpus_per_actor=0.75"], run_dir=tmp_path / "ray")))
+    runner.start()
+    head = cluster.head_node.node_id
+    deadline = time.monotonic() + 240
+    held: set[str] = set()
+    while not (held - {head}) and time.monotonic() < deadline and runner.is_alive():
+        held = {marker.read_text() for marker in tmp_path.glob("release.waiting.*") if marker.read_text()}
+        time.sleep(0.1)
+    lost = [node for node in cluster.worker_nodes if node.node_id in held]
+    assert lost, f"no worker node's actor held a block (held: {held})"
+    lost_id = lost[0].node_id
+    cluster.remove_node(lost[0], allow_graceful=False)
+    cluster.add_node(num_cpus=1, **NODE)
+    release.write_text("")
+    runner.join(timeout=300)
+    on_ray = done["run"]
+    assert on_ray.status == "completed_with_errors"
+    _same_files(local, on_ray)
+    ids = [line["id"] for line in on_ray.outputs()]
+    assert len(ids) == len(set(ids)) == 39
+    actors = on_ray.manifest()["executor"]["per_actor"]  # "<actor id>:<pid>": a restarted actor is a new process
+    assert lost_id in {actor["node"] for actor in actors.values()}
+    restarted = [actor_id for actor_id in {key.split(":")[0] for key in actors} if sum(k.startswith(actor_id) for k in actors) > 1]
+    assert restarted, actors  # 40 rows and an unreadable line; that line and the number text fail
