@@ -41,6 +41,8 @@ def to_jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return to_jsonable(dataclasses.asdict(value))
     if isinstance(value, (list, tuple)):
+        if value and all(type(v) is float for v in value) and all(map(math.isfinite, value)):
+            return list(value)  # a vector already made of finite floats: no walk item by item
         return [to_jsonable(v) for v in value]
     if hasattr(value, "__json__"):  # values that summarise themselves (decoded audio: no million floats)
         return to_jsonable(value.__json__())

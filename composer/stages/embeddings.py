@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from composer.records import Record, canonical_json
+from composer.records import Record, canonical_json, to_jsonable
 from composer.stages.base import Stage, require_field
 from composer.stages.pooling import check_mode, pool
 
@@ -105,7 +105,7 @@ class MeanPool(Stage):
 
     def process(self, records: list[Record]) -> list[Record]:
         values = [require_field(r, self.field, self.name) for r in records]
-        pooled = values if self.pooled_by else [pool(value, **self.pooling()) for value in values]
+        pooled = values if self.pooled_by else [to_jsonable(pool(value, **self.pooling())) for value in values]
         for record, vector in zip(records, pooled):
             if not self.keep_input:
                 record.pop(self.field, None)

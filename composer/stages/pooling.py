@@ -39,9 +39,11 @@ def token_states(value: Any) -> Any:
     return states
 
 
-def pool(value: Any, mode: str = "mean", normalize: bool = True) -> list[float]:
-    """One record's sentence vector: its token states pooled by `mode`, then divided by its L2
-    norm (at least 1e-12, as torch.nn.functional.normalize does) when `normalize`."""
+def pool(value: Any, mode: str = "mean", normalize: bool = True) -> Any:
+    """One record's sentence vector (a float64 tensor: records.to_jsonable makes it a list in one
+    C call, where a list of floats would be walked float by float): its token states pooled by
+    `mode`, then divided by its L2 norm (at least 1e-12, as torch.nn.functional.normalize does)
+    when `normalize`."""
     states = token_states(value)
     if mode == "mean":
         vector = states.mean(dim=0)
@@ -55,7 +57,7 @@ def pool(value: Any, mode: str = "mean", normalize: bool = True) -> list[float]:
         raise ValueError(f"pooling mode must be one of {', '.join(POOLING_MODES)}, got {mode!r}")
     if normalize:
         vector = vector / max(float(vector.norm()), 1e-12)
-    return vector.tolist()
+    return vector
 
 
 def check_mode(mode: Any) -> None:
