@@ -40,15 +40,16 @@ def test_plan_graph_columns_stay_aligned_with_long_stage_names(tmp_path):
     assert len({row.index("reads [") for row in rows}) == 1
 
 
-def test_plan_imports_neither_torch_nor_transformers(tmp_path):
+def test_plan_imports_neither_torch_nor_transformers_nor_ray(tmp_path):
     code = (
         "import sys, contextlib, io\n"
         "from composer.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    assert main(['plan', 'experiment=tiny-sentiment', 'task=fill-mask', 'model=tiny-fill-mask']) == 0\n"
         "    assert main(['plan']) == 0\n"  # the default job (embedding stages) too
+        "    assert main(['plan', 'experiment=tiny-sentiment', 'executor=ray']) == 0\n"  # Ray loads only to run
         "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
-        "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'ray') if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -170,10 +170,16 @@ class RayExecutor(Executor):
             fn_constructor_kwargs={"config": self.config, "cache": cache},
         )
         model_stages = {stage.name: stage for stage in graph.model_stages()}
+        started = time.perf_counter()
         for row in dataset.iter_rows():
             block: _Block = pickle.loads(row["result"])
+            # The pool is up (every actor has loaded the models; Ray Data hands out no block
+            # before) about when the first block began: the stream after it is what scales with
+            # actors (bench/ray_scaling.py), the start-up before it does not.
+            self.facts_.setdefault("pool_ready_seconds", time.perf_counter() - started - block.seconds)
             _count(block, stats, actors.setdefault(block.actor, block.actor_facts), model_stages)
             write_window(block.window, block.outcome, sink, stats, policy, on_failures, advance)
+        self.facts_["stream_seconds"] = time.perf_counter() - started
 
 
 def _count(block: _Block, stats: ExecutionStats, actor: _ActorFacts, model_stages: dict[str, Any]) -> None:
