@@ -131,6 +131,18 @@ def test_each_actor_gets_its_own_gpu(cluster, tmp_path):
     assert len({actor["node"] for actor in actors}) == 1
 
 
+def test_the_result_cache_is_off_on_a_cluster_of_several_nodes(cluster, tmp_path, capfd):
+    """cache=on: a SQLite file on one machine cannot be shared by actors on two nodes, so the run
+    goes on without it, warns, and the manifest says why; outputs are unchanged."""
+    data = _texts(tmp_path / "reviews.jsonl")
+    overrides = [*TEXT, "input=jsonl", f"input.path={data}"]
+    local = api.run(overrides, run_dir=tmp_path / "local")
+    on_ray = api.run([*overrides, *RAY, "cache=on", f"cache.path={tmp_path / 'cache.sqlite'}"], run_dir=tmp_path / "ray")
+    _same_files(local, on_ray)
+    assert on_ray.manifest()["executor"]["cache"].startswith("off: the result cache is a SQLite file on one machine")
+    assert "cache=on is ignored with executor=ray on a cluster of 2 nodes" in capfd.readouterr().err
+
+
 def test_graphs_that_compare_records_with_earlier_ones_are_refused(tmp_path):
     """near_duplicates (the default job) needs every earlier record: split between actors it
     would not see them, so the run is refused before anything loads and no run begins."""

@@ -13,9 +13,10 @@ The driver reads the source with composer's own readers, so ids, skipped ids (re
 lines a source cannot read are exactly the local executor's; a block is the local executor's
 window on this machine (executor.batch_size to change), so the model stage sorts and batches
 the same records together and outputs are the same. Blocks and results cross Ray pickled: a
-record keeps its Python types (no Arrow conversion). The input is held in Ray's object store
-once, as blocks; the source is not read in parallel (a file split between readers would need
-readers that agree on ids and unreadable lines with composer's own).
+record keeps its Python types (no Arrow conversion). The driver reads the whole input, as
+pickled blocks, before the first block runs, and Ray's object store then holds it: the input
+must fit the driver's memory. The source is not read in parallel (a file split between readers
+would need readers that agree on ids and unreadable lines with composer's own).
 
 Stages that compare a record with every earlier one (near_duplicates) are refused: split
 between actors, each would see only its own blocks. The result cache is a SQLite file: the
@@ -31,7 +32,7 @@ import os
 import pickle
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from composer.executors.base import Advance, ExecutionPolicy, ExecutionStats, Executor, OnFailures
@@ -87,20 +88,20 @@ class _Block:
     seconds: float
 
 
-@dataclass
 class RayExecutor(Executor):
     """Runs the graph's stages in Ray Data actors and writes the run folder from this process."""
 
-    config: dict[str, Any]
-    facts_: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self._facts: dict[str, Any] = {}  # the manifest's `executor`, filled in as the run goes
 
     @property
     def settings(self) -> dict[str, Any]:
         return self.config["executor"]
 
     def facts(self) -> dict[str, Any]:
-        per_actor = {actor: dataclasses.asdict(facts) for actor, facts in self.facts_.get("per_actor", {}).items()}
-        return {"type": "ray", **self.facts_, "per_actor": per_actor}
+        per_actor = {actor: dataclasses.asdict(facts) for actor, facts in self._facts.get("per_actor", {}).items()}
+        return {"type": "ray", **self._facts, "per_actor": per_actor}
 
     def run(self, graph: Graph, stats: ExecutionStats, policy: ExecutionPolicy, on_failures: OnFailures,
             advance: Advance = lambda n: None) -> None:
@@ -131,24 +132,24 @@ class RayExecutor(Executor):
         size = self.settings["batch_size"] or window_for(graph, transforms, width)
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         cache = bool(self.config["cache"].get("enabled"))
-        self.facts_.update(ray_version=ray.__version__, address=self.settings["address"], nodes=len(nodes),
+        self._facts.update(ray_version=ray.__version__, address=self.settings["address"], nodes=len(nodes),
                            cluster_resources=ray.cluster_resources(), actors_requested=self.settings["actors"],
                            num_cpus_per_actor=self.settings["num_cpus_per_actor"],
                            num_gpus_per_actor=self.settings["num_gpus_per_actor"], block_records=size,
                            cache="off" if not cache else "on: the actors share the SQLite file")
         if cache and len(nodes) > 1:
             cache = False
-            self.facts_["cache"] = "off: the result cache is a SQLite file on one machine, and this cluster has several nodes"
-            log.warning("composer: cache=on is ignored with executor=ray on a cluster of %d nodes: the result cache is a "
+            self._facts["cache"] = "off: the result cache is a SQLite file on one machine, and this cluster has several nodes"
+            log.warning("cache=on is ignored with executor=ray on a cluster of %d nodes: the result cache is a "
                         "SQLite file on one machine", len(nodes))
         items = unfinished(graph.source.iter_records(), policy.skip_ids, stats)
         blocks = [{"block": pickle.dumps(block, protocol=5)} for block in batches(items, size)]
         # No more actors than blocks: an actor with nothing to do would only load the models, and
         # Ray Data may cancel it while the pool waits for every actor to start.
         actor_count = min(self.settings["actors"], max(len(blocks), 1))
-        self.facts_.update(blocks=len(blocks), actors=actor_count)
+        self._facts.update(blocks=len(blocks), actors=actor_count)
         actors: dict[str, _ActorFacts] = {}
-        self.facts_["per_actor"] = actors
+        self._facts["per_actor"] = actors
         if not blocks:
             return
         context = ray.data.DataContext.get_current()
@@ -176,10 +177,10 @@ class RayExecutor(Executor):
             # The pool is up (every actor has loaded the models; Ray Data hands out no block
             # before) about when the first block began: the stream after it is what scales with
             # actors (bench/ray_scaling.py), the start-up before it does not.
-            self.facts_.setdefault("pool_ready_seconds", time.perf_counter() - started - block.seconds)
+            self._facts.setdefault("pool_ready_seconds", time.perf_counter() - started - block.seconds)
             _count(block, stats, actors.setdefault(block.actor, block.actor_facts), model_stages)
             write_window(block.window, block.outcome, sink, stats, policy, on_failures, advance)
-        self.facts_["stream_seconds"] = time.perf_counter() - started
+        self._facts["stream_seconds"] = time.perf_counter() - started
 
 
 def _count(block: _Block, stats: ExecutionStats, actor: _ActorFacts, model_stages: dict[str, Any]) -> None:
