@@ -36,7 +36,6 @@ def cluster(tiny_model_cache):
     (offline Hub, the session's tiny-model cache)."""
     from ray.cluster_utils import Cluster
 
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     simulated = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, **NODE})
     simulated.add_node(num_cpus=1, num_gpus=2, **NODE)
     ray.init(address=simulated.address, log_to_driver=False)
@@ -76,6 +75,9 @@ def test_text_outputs_and_errors_equal_the_local_executors(cluster, tmp_path):
     assert local.manifest()["executor"] == {"type": "local"}
     metrics = on_ray.metrics()
     assert metrics["throughput"]["records"] == 23 and metrics["models"]["model"]["latency"]  # the actors' batches
+    from composer.verify import verify
+
+    assert verify(on_ray.run_dir).identical  # re-executed from the folder alone, on Ray again
 
 
 def test_resume_on_ray_completes_a_local_run_stopped_by_on_error_fail(cluster, tmp_path):
@@ -120,26 +122,21 @@ def test_audio_outputs_equal_the_local_executors(cluster, tmp_path):
     _same_files(local, on_ray)
 
 
-def test_each_actor_gets_its_own_gpu(cluster, tmp_path):
+def test_each_actor_gets_its_own_gpu_and_the_cache_is_off_on_several_nodes(cluster, tmp_path, capfd):
     """Two actors asking one GPU each land on the node with two (fake) GPUs, each seeing only its
-    own; the model stays on CPU (no CUDA here) and the outputs do not change."""
-    data = _texts(tmp_path / "reviews.jsonl")
-    overrides = [*TEXT, "input=jsonl", f"input.path={data}"]
-    on_ray = api.run([*overrides, *RAY, "executor.num_gpus_per_actor=1"], run_dir=tmp_path / "ray")
-    actors = on_ray.manifest()["executor"]["per_actor"].values()
-    assert sorted(actor["cuda_visible_devices"] for actor in actors) == ["0", "1"]
-    assert len({actor["node"] for actor in actors}) == 1
-
-
-def test_the_result_cache_is_off_on_a_cluster_of_several_nodes(cluster, tmp_path, capfd):
-    """cache=on: a SQLite file on one machine cannot be shared by actors on two nodes, so the run
-    goes on without it, warns, and the manifest says why; outputs are unchanged."""
+    own; the model stays on CPU (no CUDA here). cache=on: a SQLite file on one machine cannot be
+    shared by actors on two nodes, so the run goes on without it, warns, and the manifest says
+    why. Outputs are the local executor's."""
     data = _texts(tmp_path / "reviews.jsonl")
     overrides = [*TEXT, "input=jsonl", f"input.path={data}"]
     local = api.run(overrides, run_dir=tmp_path / "local")
-    on_ray = api.run([*overrides, *RAY, "cache=on", f"cache.path={tmp_path / 'cache.sqlite'}"], run_dir=tmp_path / "ray")
+    on_ray = api.run([*overrides, *RAY, "executor.num_gpus_per_actor=1", "cache=on", f"cache.path={tmp_path / 'cache.sqlite'}"],
+                     run_dir=tmp_path / "ray")
     _same_files(local, on_ray)
-    assert on_ray.manifest()["executor"]["cache"].startswith("off: the result cache is a SQLite file on one machine")
+    facts = on_ray.manifest()["executor"]
+    assert sorted(actor["cuda_visible_devices"] for actor in facts["per_actor"].values()) == ["0", "1"]
+    assert len({actor["node"] for actor in facts["per_actor"].values()}) == 1
+    assert facts["cache"].startswith("off: the result cache is a SQLite file on one machine")
     assert "cache=on is ignored with executor=ray on a cluster of 2 nodes" in capfd.readouterr().err
 
 
