@@ -80,17 +80,24 @@ def test_text_outputs_and_errors_equal_the_local_executors(cluster, tmp_path):
     assert verify(on_ray.run_dir).identical  # re-executed from the folder alone, on Ray again
 
 
-def test_resume_on_ray_completes_a_local_run_stopped_by_on_error_fail(cluster, tmp_path):
-    """executor is output-neutral: a run stopped on one executor resumes on the other, and the
-    folder equals an uninterrupted run's."""
+def test_runs_stopped_on_ray_resume_to_the_uninterrupted_files(cluster, tmp_path):
+    """on_error=fail stops at the first failure as locally (the block stops there: written is the
+    input-order prefix before it); max_errors stops after the block where it is reached. Either
+    resumes, on the other executor (executor is output-neutral) or on Ray again, to the files of
+    an uninterrupted run."""
     data = _texts(tmp_path / "reviews.jsonl")
     overrides = [*TEXT, "input=jsonl", f"input.path={data}"]
     whole = api.run(overrides, run_dir=tmp_path / "whole")
-    stopped = api.run([*overrides, "on_error=fail"], run_dir=tmp_path / "resumed")
-    assert (stopped.status, stopped.exit_code) == ("aborted", 3)
-    resumed = api.run([*overrides, *RAY], run_dir=tmp_path / "resumed")
-    assert resumed.status == "completed_with_errors"
-    _same_files(whole, resumed)
+    expected = (whole.run_dir / "outputs.jsonl").read_bytes()
+    failed = api.run([*overrides, *RAY, "on_error=fail"], run_dir=tmp_path / "fail")
+    assert (failed.status, failed.exit_code) == ("aborted", 3)
+    local_stop = api.run([*overrides, "on_error=fail"], run_dir=tmp_path / "fail-local")
+    _same_files(local_stop, failed)  # the same prefix and the same failure as a local run writes
+    _same_files(whole, api.run(overrides, run_dir=tmp_path / "fail"))
+    capped = api.run([*overrides, *RAY, "max_errors=1"], run_dir=tmp_path / "capped")
+    assert (capped.status, capped.exit_code) == ("aborted", 3)
+    assert expected.startswith((capped.run_dir / "outputs.jsonl").read_bytes())
+    _same_files(whole, api.run([*overrides, *RAY], run_dir=tmp_path / "capped"))
 
 
 def test_image_outputs_equal_the_local_executors(cluster, tmp_path):
