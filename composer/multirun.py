@@ -23,6 +23,10 @@ def refusal(task_overrides: list[str], settings: dict[str, Any], source: dict[st
     from composer.runstore import CONFIG, SWEEP_STATE, differences, read_config
     from composer.schema import OUTPUT_NEUTRAL_KEYS, with_defaults
 
+    if settings and settings.get("sweeper") == sweep.OPTUNA_SWEEPER:
+        unusable = unusable_optuna_storage(settings.get("storage"))
+        if unusable is not None:
+            return unusable
     if not settings or not (Path(settings["dir"]) / SWEEP_STATE).is_file():
         return None
     folder = Path(settings["dir"])
@@ -70,6 +74,31 @@ def refusal(task_overrides: list[str], settings: dict[str, Any], source: dict[st
     return (f"{folder} holds another sweep ({folder / SWEEP_STATE}), so this command cannot continue it:\n{listing}\n"
             f"Resume it with its own command (`composer resume {folder}`), or start this sweep in a new folder "
             "with hydra.sweep.dir=...")
+
+
+def unusable_optuna_storage(storage: Any) -> str | None:
+    """Why an Optuna study storage (hydra.sweeper.storage) cannot open here, before a trial runs,
+    or None. Hydra's Optuna sweeper (hydra-optuna-sweeper, whose last release is 1.3) requires
+    optuna < 3, whose SQL storages do not work with SQLAlchemy 2 (optuna supports it from 3.1);
+    the project's mlflow extra installs SQLAlchemy 2, and then optuna fails with a bare
+    AssertionError from inside its storage once the sweep has started."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    if storage is None or str(storage).startswith("redis"):
+        return None
+    try:
+        optuna, sqlalchemy = Version(version("optuna")), Version(version("sqlalchemy"))
+    except PackageNotFoundError:
+        return None  # the sweeper says what is missing itself
+    if optuna < Version("3.1") and sqlalchemy >= Version("2"):
+        return (f"hydra.sweeper.storage={storage}: Hydra's Optuna sweeper needs optuna<3 (installed: {optuna}), whose "
+                f"SQL storages do not work with SQLAlchemy 2 (installed: {sqlalchemy}; the mlflow extra needs it). Leave "
+                "the storage unset: the study then lives in the sweep, which composer resumes by replaying its seeded "
+                "sampler over the trial folders (`composer resume SWEEP_DIR`). Or run the sweep in an environment with "
+                "SQLAlchemy<2 and without the mlflow extra")
+    return None
 
 
 def restore_signal_handlers() -> None:

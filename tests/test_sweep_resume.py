@@ -375,11 +375,37 @@ def test_an_optuna_sweep_resumes_its_study_toward_the_configured_trials(tmp_path
     # A study that cannot be replayed is refused before anything runs: a storage holds its trials
     # already, an unseeded sampler would propose other parameters, and so would another seed (or
     # any other sweeper setting than the recorded ones).
-    for setting, said in (("hydra.sweeper.storage=sqlite:///study.db", "with a study storage"),
+    for setting, said in (("hydra.sweeper.storage=sqlite:///study.db", _STORAGE_REFUSAL),
                           ("hydra.sweeper.sampler.seed=null", "sampler has no seed"),
                           ("hydra.sweeper.sampler.seed=1", "hydra.sweeper.sampler.seed: 0 -> 1")):
         refused = run_cli(*command, setting, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
         assert refused.returncode == 2 and said in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+
+
+def _storage_refusal() -> str:
+    """What a storage is refused with: this lock's optuna (<3, for Hydra's sweeper) cannot open an
+    SQL storage beside SQLAlchemy 2; elsewhere, a resume refuses a stored study (it would renumber)."""
+    from composer.multirun import unusable_optuna_storage
+
+    return "whose SQL storages do not work with SQLAlchemy 2" if unusable_optuna_storage("sqlite:///x.db") else "with a study storage"
+
+
+_STORAGE_REFUSAL = _storage_refusal()
+
+
+def test_a_new_optuna_sweep_with_a_storage_that_cannot_open_is_refused_before_it_starts(tmp_path):
+    """With this lock an Optuna SQL storage fails inside optuna after the sweep started (a bare
+    AssertionError, a sweep.json and no trial); it is refused first, naming the cause and what to do."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from composer.multirun import unusable_optuna_storage
+
+    if unusable_optuna_storage("sqlite:///study.db") is None:
+        pytest.skip("optuna here opens SQL storages (SQLAlchemy < 2 or optuna >= 3.1)")
+    done = run_cli("run", "-m", "experiment=optuna-threshold", "hydra.sweeper.n_trials=2", "threads=1", "progress=false",
+                   f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "hydra.sweeper.storage=sqlite:///" in done.stderr and "Leave the storage unset" in done.stderr
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_a_sweep_from_a_config_dir_with_params_in_its_files_resumes_as_recorded(tmp_path):
