@@ -3,17 +3,93 @@ image and audio load stages; URLs are fetched with a timeout and a size cap.
 
 A record that names a URL must not hang the run (a server that never answers) or fill memory
 (a multi-gigabyte file behind an innocent name): both end as an error for that record only.
+
+A server fetching for its callers also sets an address guard (guard_addresses): every connection
+a fetch makes, redirects included, is checked against it at connect time, on the very addresses
+it connects to. Checking the URL's host beforehand is not enough: a redirect can point inside the
+network, and a host can resolve to a public address for the check and to an internal one for the
+fetch (DNS rebinding).
 """
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
+import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 16
+
+AddressGuard = Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], str | None]  # why not to connect there, or None
+_guard: AddressGuard | None = None
+
+
+def guard_addresses(guard: AddressGuard | None) -> None:
+    """Check every address a fetch connects to with `guard` from now on (None: no check), for the
+    whole process: `composer serve` sets it while it serves."""
+    global _guard
+    _guard = guard
+
+
+def _guarded_connection(address: tuple[str, int], timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT,  # type: ignore[attr-defined]
+                        source_address: Any = None, **_: Any) -> socket.socket:
+    """socket.create_connection, refusing each resolved address the guard refuses, so the address
+    checked is the address connected to."""
+    host, port = address
+    guard = _guard
+    last: OSError | None = None
+    for family, kind, proto, _name, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+        why = guard(ip) if guard is not None else None
+        if why:
+            last = ConnectionRefusedError(f"host {host!r} is {why} address {ip}: not fetched (a server does not fetch inside its network)")
+            continue
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as error:
+            sock.close()
+            last = error
+    raise last or OSError(f"host {host!r} has no address")
+
+
+class _GuardedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _guarded_connection
+
+
+class _GuardedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _guarded_connection
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(_GuardedHTTPConnection, req)
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(_GuardedHTTPSConnection, req)
+
+
+def _open(request: urllib.request.Request, timeout: float) -> Any:
+    """urlopen, through guarded connections while a guard is set (redirects follow through them too)."""
+    if _guard is None:
+        return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - http(s) only, checked by is_url
+    return urllib.request.build_opener(_GuardedHTTPHandler, _GuardedHTTPSHandler).open(request, timeout=timeout)
 
 
 class FetchError(OSError):
@@ -33,7 +109,7 @@ def fetch_bytes(url: str, *, timeout: float, max_bytes: int) -> bytes:
     deadline = time.monotonic() + timeout
     request = urllib.request.Request(url, headers={"User-Agent": "pipeline-composer"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only, checked by is_url
+        with _open(request, timeout) as response:
             declared = response.headers.get("Content-Length")
             if declared is not None and declared.isdigit() and int(declared) > max_bytes:
                 raise FetchError(f"{url}: {int(declared)} bytes exceeds the cap of {max_bytes} (max_bytes)")

@@ -70,8 +70,18 @@ class Server:
         return self.state.folder.path
 
     def run(self) -> int:
-        """Serve until stopped; the exit code (EXIT_OK after a clean stop)."""
-        self._uvicorn.run(sockets=[self.socket])
+        """Serve until stopped; the exit code (EXIT_OK after a clean stop). While it serves,
+        every connection a media fetch makes is checked at connect time (fetch.guard_addresses):
+        the check of the URL's host before a record queues cannot see redirects or a host that
+        resolves elsewhere the second time."""
+        from composer.fetch import guard_addresses
+        from composer.serve.addresses import non_public
+
+        guard_addresses(non_public)
+        try:
+            self._uvicorn.run(sockets=[self.socket])
+        finally:
+            guard_addresses(None)
         return self.state.exit_code
 
     def stop(self) -> None:
