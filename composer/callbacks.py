@@ -61,7 +61,7 @@ class SweepReport(Callback):
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         from omegaconf import OmegaConf
 
-        from composer.sweep import begin_sweep, config_source, new_state, sweeper_settings
+        from composer.sweep import begin_sweep, new_state, sweeper_settings
 
         last_sweep_exit_codes.clear()
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -213,3 +213,12 @@ def hydra_issues(overrides: list[str], extra_dir: Path | None = None, multirun: 
     except Exception:  # noqa: BLE001 - a folder that cannot be worked out here is Hydra's to report
         pass
     return issues
+
+
+def config_source(config_dir: str | None, config_name: str | None) -> dict[str, str | None]:
+    """Where a sweep's configs come from: --config-dir (absolute, so that it means the same from
+    any folder; None without one) and --config-name (None: composer's own `config`)."""
+    from composer.configuration import CONFIG_NAME
+
+    return {"config_dir": os.path.abspath(config_dir) if config_dir else None,
+            "config_name": config_name if config_name and config_name != CONFIG_NAME else None}

@@ -97,7 +97,8 @@ def run_command(argv: Sequence[str]) -> int:
 
     from composer import api
     from composer.configuration import config_dir, open_mapping_overrides, with_default_experiment
-    from composer.sweep import config_source, is_hydra_override
+    from composer.callbacks import config_source
+    from composer.sweep import is_hydra_override
 
     args = _hydra_args(argv)
     overrides = list(args.overrides)

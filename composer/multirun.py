@@ -14,7 +14,7 @@ from composer.runstore import EXIT_INTERRUPTED
 def refusal(task_overrides: list[str], settings: dict[str, Any], source: dict[str, str | None],
             configs: list[dict]) -> str | None:
     """Why this multirun (its sweep settings: callbacks.sweep_settings, {} where they cannot be
-    worked out; its configs' source: sweep.config_source) may not go into its sweep folder, or
+    worked out; its configs' source: callbacks.config_source) may not go into its sweep folder, or
     None. A folder holding a recorded sweep (sweep.json) takes only the same sweep again, to
     resume it: the same sweeper and configs, the same jobs in the same order, and each job's
     config equal to its run's, apart from the settings that change no output

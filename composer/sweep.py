@@ -168,19 +168,10 @@ def sweeper_settings(node: Any) -> dict[str, Any]:
     return {key: value for key, value in (data or {}).items() if key != "_target_"}
 
 
-def config_source(config_dir: str | None, config_name: str | None) -> dict[str, str | None]:
-    """Where a sweep's configs come from: --config-dir (absolute, so that it means the same from
-    any folder; None without one) and --config-name (None: composer's own `config`)."""
-    from composer.configuration import CONFIG_NAME
-
-    return {"config_dir": os.path.abspath(config_dir) if config_dir else None,
-            "config_name": config_name if config_name and config_name != CONFIG_NAME else None}
-
-
 def new_state(task_overrides: list[str], hydra_overrides: list[str], launcher: str, sweeper: str,
               settings: dict[str, Any], source: dict[str, str | None]) -> dict[str, Any]:
     """A sweep's sweep.json as it starts: its identity, every job pending. `settings` are the
-    sweeper's (sweeper_settings), `source` the configs' folder and name (config_source)."""
+    sweeper's (sweeper_settings), `source` the configs' folder and name (callbacks.config_source)."""
     jobs = job_list(task_overrides, settings.get("params")) if sweeper == BASIC_SWEEPER else None
     return {
         "version": _STATE_VERSION,
@@ -373,7 +364,7 @@ def job_decision(job_dir: Path, retry_failed: bool) -> str:
 def identity_differences(state: dict[str, Any], task_overrides: list[str], sweeper: str, settings: dict[str, Any],
                          source: dict[str, str | None], neutral: frozenset[str] = frozenset()) -> list[str]:
     """What makes this command another sweep than the one recorded in `state`: another sweeper,
-    other configs (--config-dir, --config-name: config_source), or another job list (overrides
+    other configs (--config-dir, --config-name: callbacks.config_source), or another job list (overrides
     of the `neutral` settings, which change no output, aside) as the basic sweeper expands the
     command and its `settings`' params; for a sweeper whose jobs are not known up front (Optuna),
     other sweeper settings (search space, sampler, ...) or other overrides."""
