@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from composer import runstore
 from composer.configuration import compose_config
+from composer.executors import executor_issues
 from composer.plan import Graph, plan as plan_graph
 from composer.run import (  # noqa: F401 - the API's names for them
     EXIT_ABORTED,
@@ -58,6 +59,7 @@ def _checked(overrides: Sequence[str], config_path: Path | None, deep: bool = Fa
     if composed.plain is not None:
         try:
             graph = plan_graph(composed.plain, deep=deep)
+            issues += executor_issues(composed.plain, graph)
         except ConfigError as error:
             reported = {issue.path for issue in issues}  # one message per key: the schema's (pipeline.use_safetensors)
             issues += [issue for issue in error.issues if issue.path not in reported]

@@ -154,6 +154,8 @@ def test_graphs_that_compare_records_with_earlier_ones_are_refused(tmp_path):
         api.run(["executor=ray", "progress=false"], run_dir=tmp_path / "run")
     assert "executor.type" in str(error.value) and "compares each record" in str(error.value)
     assert not (tmp_path / "run" / "manifest.json").exists()
+    with pytest.raises(ConfigError, match="near_duplicates"):  # composer plan says so too, with every other mistake
+        api.plan(["executor=ray"])
 
 
 def test_scaling_out_block_runs_as_shown(cluster, tmp_path):

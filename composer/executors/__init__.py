@@ -10,6 +10,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from composer.executors.base import Executor
     from composer.plan import Graph
+    from composer.schema import ConfigIssue
+
+
+def executor_issues(config: dict[str, Any], graph: Graph) -> list[ConfigIssue]:
+    """Why the config's executor cannot run this graph (empty: it can), for `composer plan` to
+    report with every other mistake. Imports no Ray: whether Ray is installed is the run's check."""
+    if (config.get("executor") or {}).get("type", "local") == "ray":
+        from composer.executors.ray import refusals
+
+        return refusals(graph)
+    return []
 
 
 def executor_for(config: dict[str, Any], graph: Graph) -> Executor:
