@@ -55,7 +55,7 @@ def _stream(graph: Graph, stats: ExecutionStats, policy: ExecutionPolicy, on_fai
     max_errors, a stop request) writes the records before the first one left undone or failed,
     so outputs.jsonl stays an input-order prefix that resume continues."""
     *transforms, sink = graph.nodes[1:]
-    head, tail = _split_head(transforms)
+    head, tail = split_head(transforms)
     stop = threading.Event()
     width = max((node.stage.workers if isinstance(node.stage, BatchedStage) else 1 for node in tail), default=1)
     windows = _read_windows(graph, head, stats, policy, window_for(graph, tail, width), tail[0].stage if tail else None, stop)
@@ -86,8 +86,9 @@ def window_for(graph: Graph, tail: list[Node], width: int) -> int:
     return graph.window
 
 
-def _split_head(nodes: list[Node]) -> tuple[list[Node], list[Node]]:
-    """The leading transforms cheap and safe to run in the prefetch thread, and the rest."""
+def split_head(nodes: list[Node]) -> tuple[list[Node], list[Node]]:
+    """The leading transforms cheap and safe to run in the prefetch thread (a Ray actor runs
+    them first too, in prepare_window), and the rest."""
     head = 0
     while head < len(nodes) and nodes[head].stage.prefetchable:
         head += 1

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from composer.executors.base import Advance, ExecutionPolicy, ExecutionStats, Executor, OnFailures
-from composer.executors.local import Window, batches, prepare_window, unfinished, window_for, write_window
+from composer.executors.local import Window, batches, prepare_window, split_head, unfinished, window_for, write_window
 from composer.executors.unit import Outcome, run_records
 from composer.records import Record, RecordFailure
 from composer.schema import ConfigError, ConfigIssue
@@ -233,10 +233,7 @@ class _Worker:
             node.stage.setup()
         split_threads(threads, config["workers"], self.graph.model_stages())
         seed_everything(config["seed"], deterministic)
-        head = 0
-        while head < len(transforms) and transforms[head].stage.prefetchable:
-            head += 1
-        self.head, self.tail = transforms[:head], transforms[head:]
+        self.head, self.tail = split_head(transforms)
         self.fail_fast = config["on_error"] == "fail"
         width = max((n.stage.workers for n in self.tail if isinstance(n.stage, BatchedStage)), default=1)
         self.workers = ThreadPoolExecutor(width, thread_name_prefix="composer-model") if width > 1 else None
