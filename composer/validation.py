@@ -243,11 +243,7 @@ def _check_executor(executor: Any) -> list[ConfigIssue]:
     none could crowd a node), no negative GPUs or blocks; the Ray keys only with executor=ray."""
     if not isinstance(executor, dict):
         return []  # check_against reported it
-    issues = []
-    for key, zero_ok in (("actors", False), ("num_cpus_per_actor", False), ("num_gpus_per_actor", True), ("batch_size", False)):
-        value = executor.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and (value < 0 or (value == 0 and not zero_ok)):
-            issues.append(ConfigIssue(f"executor.{key}", f"executor.{key} must be {'>= 0' if zero_ok else '> 0'}, got {value}"))
+    issues = _sizes(executor, "executor", {"actors": False, "num_cpus_per_actor": False, "num_gpus_per_actor": True, "batch_size": False})
     if executor.get("type") == "local" and executor.get("address") is not None:
         issues.append(ConfigIssue("executor.address", "executor.address is read by executor=ray only: add executor=ray"))
     return issues
@@ -258,11 +254,17 @@ def _check_serve(serve: Any) -> list[ConfigIssue]:
     (a zero queue, timeout or body limit would refuse every request)."""
     if not isinstance(serve, dict):
         return []  # check_against reported it
+    return _sizes(serve, "serve", {"max_wait_ms": True, "max_queue": False, "timeout_s": False, "max_body_bytes": False})
+
+
+def _sizes(section: dict, name: str, zero_ok: dict[str, bool]) -> list[ConfigIssue]:
+    """`name.<key>` must be > 0 (>= 0 where zero_ok[key]) for each numeric key of `section` named
+    in zero_ok; a value of another type is check_against's to report."""
     issues = []
-    for key, zero_ok in (("max_wait_ms", True), ("max_queue", False), ("timeout_s", False), ("max_body_bytes", False)):
-        value = serve.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and (value < 0 or (value == 0 and not zero_ok)):
-            issues.append(ConfigIssue(f"serve.{key}", f"serve.{key} must be {'>= 0' if zero_ok else '> 0'}, got {value}"))
+    for key, zero in zero_ok.items():
+        value = section.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (value < 0 or (value == 0 and not zero)):
+            issues.append(ConfigIssue(f"{name}.{key}", f"{name}.{key} must be {'>= 0' if zero else '> 0'}, got {value}"))
     return issues
 
 
