@@ -177,41 +177,25 @@ def _execute(config: dict[str, Any], run_dir: Path, graph: Graph, cache: Any, at
 
 
 def _set_up(config: dict[str, Any], run_dir: Path, graph: Graph, attempt: _Attempt) -> bool:
-    """Seed, split threads, tune the allocator and set up every stage after the source (loading
-    the models, restoring a stage's state from an earlier attempt's outputs), recording each
-    choice in the manifest. Returns whether the progress bar shows."""
-    from composer.allocator import tune_malloc
-    from composer.repro import seed_everything
-    from composer.runtime import set_run_threads, split_threads
+    """Set up every stage after the source (runtime.set_up_stages: seeds, threads, the models;
+    a resumed attempt's stages restore their state from the outputs earlier attempts wrote),
+    recording each choice in the manifest. Returns whether the progress bar shows."""
+    from composer.runtime import set_up_stages
 
     manifest = attempt.manifest
     runfacts.reset_peak_memory()
-    deterministic, show_progress = bool(config.get("deterministic", False)), runfacts.shows_progress(config["progress"])
-    seed_everything(config["seed"], deterministic)
-    manifest["deterministic"] = deterministic
-    manifest["device"] = runfacts.device_facts()
-    # Without our bar, transformers' own "Loading weights" bars would fill the logs.
-    from transformers.utils import logging as transformers_logging
+    show_progress = runfacts.shows_progress(config["progress"])
 
-    if show_progress:
-        transformers_logging.enable_progress_bar()
-    else:
-        transformers_logging.disable_progress_bar()
-    total_threads = set_run_threads(config["threads"])
-    manifest["allocator"] = tune_malloc(bool(config.get("tune_malloc", True)))
-    setup_started = time.perf_counter()
-    for stage in graph.stages()[1:]:
-        stage.setup()
+    def restore(stage: Any) -> None:
         if attempt.skip_ids and stage.restores_state:
             stage.restore(runstore.iter_jsonl(run_dir / runstore.OUTPUTS))
-    attempt.entry["setup_seconds"] = time.perf_counter() - setup_started
+
+    done = set_up_stages(config, graph.stages()[1:], graph.model_stages, config["threads"], show_progress, restore)
+    manifest["deterministic"], manifest["device"] = done.deterministic, runfacts.device_facts()
+    manifest["allocator"], manifest["threads"] = done.allocator, done.threads
+    attempt.entry["setup_seconds"] = done.setup_seconds
     if attempt.skip_ids:
         attempt.earlier_tokens = _earlier_input_tokens(graph, run_dir)
-    # After setup: whether batches may run side by side depends on where the model loaded.
-    manifest["threads"] = split_threads(total_threads, config["workers"], graph.model_stages())
-    # Again after setup: a model loaded fresh may have drawn random numbers, one reused from
-    # an earlier run in this process (composer.modelpool) did not; sampling must not care.
-    seed_everything(config["seed"], deterministic)
     return show_progress
 
 

@@ -13,6 +13,7 @@ import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from composer.provision import ModelUnavailable
@@ -360,3 +361,50 @@ def split_threads(total: int, workers: int | str, stages: list[Any]) -> dict[str
     if blocked and (workers == "auto" or wanted > 1):
         split["one_worker_because"] = blocked
     return split
+
+
+@dataclass
+class StagesSetUp:
+    """What set_up_stages chose, for the manifest (a run's, a server's, a Ray actor's facts)."""
+
+    deterministic: bool
+    allocator: dict[str, Any]
+    threads: dict[str, Any]
+    setup_seconds: float
+
+
+def set_up_stages(config: dict[str, Any], stages: list[Any], model_stages: Callable[[], list[Any]], threads: int | None,
+                  show_progress: bool = False, after_setup: Callable[[Any], None] | None = None) -> StagesSetUp:
+    """Make a process ready to run records through `stages`, the same way wherever they run (a
+    run, `composer serve`, a Ray actor), so that outputs do not depend on where: seed, show or
+    hide transformers' "Loading weights" bars (a run's own bar replaces them), give torch the
+    process's `threads`, tune malloc, set every stage up (the models load; `after_setup` runs
+    after each, e.g. a resumed run's stage restoring its state), split the threads between
+    model workers (`model_stages()`, read after setup: whether batches may run side by side
+    depends on where a model loaded), and seed again: a model loaded fresh may have drawn random
+    numbers, one reused from an earlier run in this process (composer.modelpool) did not, and
+    sampling must not care."""
+    import time
+
+    from transformers.utils import logging as transformers_logging
+
+    from composer.allocator import tune_malloc
+    from composer.repro import seed_everything
+
+    deterministic = bool(config.get("deterministic", False))
+    seed_everything(config["seed"], deterministic)
+    if show_progress:
+        transformers_logging.enable_progress_bar()
+    else:
+        transformers_logging.disable_progress_bar()
+    total = set_run_threads(threads)
+    allocator = tune_malloc(bool(config.get("tune_malloc", True)))
+    started = time.perf_counter()
+    for stage in stages:
+        stage.setup()
+        if after_setup is not None:
+            after_setup(stage)
+    setup_seconds = time.perf_counter() - started
+    split = split_threads(total, config["workers"], model_stages())
+    seed_everything(config["seed"], deterministic)
+    return StagesSetUp(deterministic, allocator, split, setup_seconds)

@@ -205,34 +205,23 @@ class _Worker:
     def __init__(self, config: dict[str, Any], cache: bool):
         import ray
 
-        from composer.allocator import tune_malloc
         from composer.plan import plan
-        from composer.repro import seed_everything
-        from composer.runtime import set_run_threads, split_threads
+        from composer.runtime import set_up_stages
 
         started = time.perf_counter()
-        # What a run quiets in its own process (run._quiet_library_noise, the progress bars),
-        # here in the actor's: torchao's CUDA kernels it cannot load on CPU, the weights' bar.
+        # What a run quiets in its own process (run._quiet_library_noise), here in the actor's:
+        # torchao's CUDA kernels it cannot load on CPU.
         logging.getLogger("torchao").setLevel(logging.ERROR)
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
         context = ray.get_runtime_context()
         # An actor Ray restarts (its node lost) keeps its id but is a new process: both are listed.
         self.id = f"{context.get_actor_id()}:{os.getpid()}"
         self.graph = plan(config, deep=True)
         if cache:
             self.graph.attach_cache(config["cache"])
-        deterministic = bool(config.get("deterministic", False))
-        seed_everything(config["seed"], deterministic)
-        # One torch intra-op thread per CPU Ray gave this actor (at least one): actors share a node.
-        threads = set_run_threads(max(1, int(config["executor"]["num_cpus_per_actor"])))
-        tune_malloc(bool(config.get("tune_malloc", True)))
         *transforms, _sink = self.graph.nodes[1:]
-        for node in transforms:
-            node.stage.setup()
-        split_threads(threads, config["workers"], self.graph.model_stages())
-        seed_everything(config["seed"], deterministic)
+        # One torch intra-op thread per CPU Ray gave this actor (at least one): actors share a node.
+        set_up_stages(config, [node.stage for node in transforms], self.graph.model_stages,
+                      max(1, int(config["executor"]["num_cpus_per_actor"])))
         self.head, self.tail = split_head(transforms)
         self.fail_fast = config["on_error"] == "fail"
         width = max((n.stage.workers for n in self.tail if isinstance(n.stage, BatchedStage)), default=1)

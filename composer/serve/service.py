@@ -5,7 +5,6 @@ source with the unit every executor shares (executors.unit.run_records), so an a
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,30 +43,16 @@ class Service:
         self.cache = self.graph.attach_cache(config["cache"])
 
     def set_up(self) -> dict[str, Any]:
-        """What a run's set-up does before its first window (run._set_up): seeds, the run's
-        threads, malloc tuning, every stage after the source set up (the models load), the
-        threads split between model workers, seeds again. Returns the facts for the manifest."""
-        from transformers.utils import logging as transformers_logging
+        """What a run's set-up does before its first window (runtime.set_up_stages: seeds,
+        threads, every stage after the source set up, the models loaded), and the model workers'
+        threads. Returns the facts for the manifest."""
+        from composer.runtime import set_up_stages
 
-        from composer.allocator import tune_malloc
-        from composer.repro import seed_everything
-        from composer.runtime import set_run_threads, split_threads
-
-        deterministic = bool(self.config.get("deterministic", False))
-        seed_everything(self.config["seed"], deterministic)
-        transformers_logging.disable_progress_bar()
-        total = set_run_threads(self.config["threads"])
-        allocator = tune_malloc(bool(self.config.get("tune_malloc", True)))
-        started = time.perf_counter()
-        for stage in self.stages:
-            stage.setup()
-        setup_seconds = time.perf_counter() - started
-        threads = split_threads(total, self.config["workers"], self.graph.model_stages())
-        seed_everything(self.config["seed"], deterministic)
+        done = set_up_stages(self.config, self.stages, self.graph.model_stages, self.config["threads"])
         if self.width > 1:
             self._workers = ThreadPoolExecutor(self.width, thread_name_prefix="composer-model")
-        return {"deterministic": deterministic, "device": runfacts.device_facts(), "allocator": allocator,
-                "threads": threads, "setup_seconds": setup_seconds}
+        return {"deterministic": done.deterministic, "device": runfacts.device_facts(), "allocator": done.allocator,
+                "threads": done.threads, "setup_seconds": done.setup_seconds}
 
     @property
     def width(self) -> int:
