@@ -200,6 +200,12 @@ def hydra_issues(overrides: list[str], extra_dir: Path | None = None, multirun: 
                                                  f"(allowed: {', '.join(LOGGING_CLASS_PREFIXES)})"))
 
     walk(cfg.hydra, "hydra")
+    # The Optuna sweeper's custom_search_space names a function it calls: the same gate.
+    custom = OmegaConf.select(cfg, "hydra.sweeper.custom_search_space", default=None)
+    if custom and not allow_any and not str(custom).startswith(HYDRA_TARGET_PREFIXES):
+        issues.append(ConfigIssue("hydra.sweeper.custom_search_space",
+                                  f"{str(custom)!r} is not a function Hydra may call for composer (allowed: "
+                                  f"{', '.join(HYDRA_TARGET_PREFIXES)}); set allow_any_target=true to allow it"))
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     try:
         folder = Path(str(OmegaConf.select(cfg, key)))

@@ -296,7 +296,7 @@ def test_slurm_launcher_config_composes(tmp_path):
 
 
 def test_optuna_sweeper_optimises_the_objective(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("optuna")
     done = run_cli("run", "-m", "experiment=optuna-threshold", "hydra.sweeper.n_trials=3", "threads=1", "progress=false",
                    *_labelled(tmp_path), "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -306,3 +306,98 @@ def test_optuna_sweeper_optimises_the_objective(tmp_path):
     results = (sweep / "optimization_results.yaml").read_text()
     best = max(float(r["quality.model.macro_f1"]) for r in rows)
     assert math.isclose(float(re.search(r"best_value: (\S+)", results).group(1)), best)
+
+
+def test_optuna_sweeper_is_composers_own(tmp_path):
+    """hydra/sweeper=optuna is composer's sweeper (configs/hydra/sweeper/optuna.yaml, before any
+    ConfigStore entry of that name in Hydra's search path), and Hydra's plugin scan finds it."""
+    done = run_cli("run", "experiment=optuna-threshold", "hydra/sweeper/sampler=grid", "--cfg", "hydra", "--package",
+                   "hydra.sweeper", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "_target_: hydra_plugins.composer_optuna_sweeper.optuna_sweeper.ComposerOptunaSweeper" in done.stdout
+    assert "_target_: optuna.samplers.GridSampler" in done.stdout and "direction: maximize" in done.stdout
+    plugins = run_cli("run", "--info", "plugins", cwd=tmp_path)
+    assert "ComposerOptunaSweeper" in plugins.stdout and "Error importing" not in plugins.stdout + plugins.stderr
+
+
+def test_optuna_search_space_forms():
+    """The override forms of Hydra's Optuna sweeper become the distributions it made (ints for an
+    int range, floats on the step's grid for a float one, floats for intervals, log-uniform under
+    tag(log)), fixed values pass through as written, and each drawn value goes back into an
+    override that Hydra reads as the same value."""
+    optuna = pytest.importorskip("optuna")
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from hydra_plugins.composer_optuna_sweeper._search_space import search_space
+    from hydra_plugins.composer_optuna_sweeper._study import _suggest
+
+    space = search_space(["a=choice(x,'y z',1,2.5,true,'a,b')", "b=range(1,10)", "c=range(0,1,step=0.25)",
+                          "d=interval(0,1)", "e=tag(log, interval(1e-3,1))", "f=5", "g=x,y", "h=shuffle(range(1,4))",
+                          "f=6", "+i=[1,2]", "j=choice([1,2],[3])"])
+    assert space.distributions == {
+        "a": CategoricalDistribution(["x", "y z", 1, 2.5, True, "a,b"]), "b": IntDistribution(1, 10),
+        "c": FloatDistribution(0.0, 1.0, step=0.25), "d": FloatDistribution(0.0, 1.0),
+        "e": FloatDistribution(0.001, 1.0, log=True), "g": CategoricalDistribution(["x", "y"]),
+        "h": CategoricalDistribution([1, 2, 3]), "j": CategoricalDistribution(["[1,2]", "[3]"])}
+    assert space.fixed == {"f": "f=6", "+i": "+i=[1,2]"}  # the later f wins
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    parser = OverridesParser.create()
+    for _ in range(40):
+        trial = study.ask()
+        params = {name: _suggest(trial, name, d) for name, d in space.distributions.items()}
+        assert type(params["b"]) is int and 1 <= params["b"] <= 10
+        assert type(params["c"]) is float and params["c"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+        assert type(params["d"]) is float and 0 <= params["d"] <= 1
+        assert type(params["e"]) is float and 1e-3 <= params["e"] <= 1
+        overrides = space.overrides(params)
+        assert overrides[-2:] == ["f=6", "+i=[1,2]"]
+        for line, (name, value) in zip(overrides, params.items()):
+            parsed = parser.parse_override(line)
+            assert parsed.get_key_element() == name and not parsed.is_sweep_override(), line
+            assert parsed.value() == ([1, 2] if value == "[1,2]" else [3] if value == "[3]" else value), line
+    assert search_space(["b=range(1,9,4)", "c=range(0,1,step=0.5)", "a=choice(u,v)"]).grid() == \
+        {"b": [1, 5, 9], "c": [0.0, 0.5, 1.0], "a": ["u", "v"]}
+    with pytest.raises(ValueError, match="not a continuous interval"):
+        search_space(["d=interval(0,1)"]).grid()
+    with pytest.raises(ValueError, match="not a search space"):
+        search_space(["model=glob(*)"])
+
+
+def test_optuna_sweep_in_batches_keeps_job_numbers_equal_to_trial_numbers(tmp_path):
+    """n_jobs=2: trials are asked and launched two at a time, and job folder N holds trial N with
+    its own params, typed as drawn (an int range, a float range on its step, a choice), the fixed
+    overrides in every trial; the command's range replaces the experiment's interval."""
+    optuna = pytest.importorskip("optuna")
+    import yaml
+
+    storage = f"sqlite:///{tmp_path}/study.db"
+    done = run_cli("run", "-m", "experiment=optuna-threshold", "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=2",
+                   "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=3", f"hydra.sweeper.storage={storage}",
+                   "postprocess.0.min_score=range(0.25,0.75,step=0.25)", "batch_size=range(1,3)",
+                   "postprocess.0.fallback_label=choice(NEGATIVE,POSITIVE)", "threads=1", "progress=false",
+                   *_labelled(tmp_path), "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    log = done.stdout + done.stderr
+    assert log.count("Launching 2 jobs locally") == 2 and log.count("Launching 1 jobs locally") == 1
+    sweep = tmp_path / "sweep"
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name != "plots") == ["0", "1", "2", "3", "4"]
+    [summary] = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+    assert [(t.number, t.state.name) for t in trials] == [(n, "COMPLETE") for n in range(5)]
+    for trial in trials:
+        job = sweep / str(trial.number)
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        params = trial.params
+        assert overrides[:3] == [f"postprocess.0.min_score={params['postprocess.0.min_score']!r}",
+                                 f"batch_size={params['batch_size']}",
+                                 f"postprocess.0.fallback_label={params['postprocess.0.fallback_label']}"]
+        assert "threads=1" in overrides and trial.user_attrs["threads"] == "1"
+        config = yaml.safe_load((job / "config.yaml").read_text())
+        assert config["batch_size"] == params["batch_size"] and type(config["batch_size"]) is int
+        assert config["batch_size"] in (1, 2, 3)
+        assert config["postprocess"][0]["min_score"] == params["postprocess.0.min_score"] in (0.25, 0.5, 0.75)
+        assert config["postprocess"][0]["fallback_label"] == params["postprocess.0.fallback_label"]
+        assert json.loads((job / "manifest.json").read_text())["status"] == "complete"
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(results["best_params"]) == {"postprocess.0.min_score", "batch_size", "postprocess.0.fallback_label"}
