@@ -4,6 +4,7 @@ finish it, and build the command that resumes a recorded sweep (sweep.json)."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,11 @@ def refusal(task_overrides: list[str], settings: dict[str, Any], source: dict[st
     from composer.runstore import CONFIG, SWEEP_STATE, differences, read_config
     from composer.schema import OUTPUT_NEUTRAL_KEYS, with_defaults
 
-    if settings and settings.get("sweeper") == sweep.OPTUNA_SWEEPER:
-        unusable = unusable_optuna_storage(settings.get("storage"))
-        if unusable is not None:
-            return unusable
+    optuna = bool(settings) and settings.get("sweeper") == sweep.OPTUNA_SWEEPER
+    if optuna and importlib.util.find_spec("optuna") is None:
+        return 'hydra/sweeper=optuna needs Optuna, which is not installed here: pip install "pipeline-composer[optuna]"'
     if not settings or not (Path(settings["dir"]) / SWEEP_STATE).is_file():
-        return None
+        return _new_storage_refusal(settings) if optuna else None
     folder = Path(settings["dir"])
     try:
         state = sweep.read_state(folder)
@@ -40,22 +40,19 @@ def refusal(task_overrides: list[str], settings: dict[str, Any], source: dict[st
                 "would run the same jobs into the same folders. Wait for it to end, or stop it (Ctrl-C) and resume "
                 "it then.")
     if state["sweeper"] != settings["sweeper"] or state["sweeper"] not in (sweep.BASIC_SWEEPER, sweep.OPTUNA_SWEEPER):
-        return (f"{folder} holds a sweep run by {state['sweeper']} and this command uses {settings['sweeper']}: a sweep "
-                "folder takes its own sweep again, and sweeps of Hydra's basic sweeper and of the Optuna sweeper "
-                "resume, no other. Choose a new folder with hydra.sweep.dir=...")
-    if state["sweeper"] == sweep.OPTUNA_SWEEPER:
-        # The study is replayed from the trial folders: each trial asks the seeded sampler again,
-        # gets the parameters it had, finds its folder finished and returns the objective it
-        # returned, so the study goes on where it stopped, toward the configured n_trials.
-        if settings["storage"] is not None:
-            return (f"{folder} holds an Optuna sweep with a study storage (hydra.sweeper.storage="
-                    f"{settings['storage']}): its study already holds the trials that ran, so running it again would "
-                    "number its trials anew over the trial folders. Composer resumes Optuna sweeps without a storage "
-                    "(the default), replaying the study from the trial folders; choose a new hydra.sweep.dir=...")
-        if settings["seed"] is None:
-            return (f"{folder} holds an Optuna sweep whose sampler has no seed: its trials cannot be replayed from "
-                    "their folders (the sampler would propose other parameters). Set hydra.sweeper.sampler.seed "
-                    "when you start a sweep you may resume; choose a new hydra.sweep.dir=... for this one")
+        before = (" (Hydra's own Optuna sweeper, which composer no longer uses: its sweeps are not resumed)"
+                  if state["sweeper"] == sweep.HYDRA_OPTUNA_SWEEPER else "")
+        return (f"{folder} holds a sweep run by {state['sweeper']}{before} and this command uses {settings['sweeper']}: "
+                "a sweep folder takes its own sweep again, and sweeps of Hydra's basic sweeper and of composer's "
+                "Optuna sweeper resume, no other. Choose a new folder with hydra.sweep.dir=...")
+    if state["sweeper"] == sweep.OPTUNA_SWEEPER and settings["storage"] is None and settings["seed"] is None:
+        # Without a storage the study is replayed from the trial folders: each trial asks the
+        # seeded sampler again, gets the parameters it had, finds its folder finished and returns
+        # the objective it returned, so the study goes on where it stopped, toward n_trials.
+        return (f"{folder} holds an Optuna sweep whose sampler has no seed: its trials cannot be replayed from "
+                "their folders (the sampler would propose other parameters). Set hydra.sweeper.sampler.seed "
+                "when you start a sweep you may resume, or keep its study in a storage (hydra.sweeper.storage=...); "
+                "choose a new hydra.sweep.dir=... for this one")
     changed = sweep.identity_differences(state, task_overrides, settings["sweeper"], settings["settings"], source,
                                          OUTPUT_NEUTRAL_KEYS)
     if not changed and state["sweeper"] == sweep.BASIC_SWEEPER:
@@ -69,35 +66,55 @@ def refusal(task_overrides: list[str], settings: dict[str, Any], source: dict[st
                 changed += [f"job {number}: {line}" for line in differences(with_defaults(before), with_defaults(config),
                                                                             OUTPUT_NEUTRAL_KEYS)]
     if not changed:
-        return None
+        return _stored_study_refusal(folder, state, settings) if state["sweeper"] == sweep.OPTUNA_SWEEPER else None
     listing = "\n".join(f"  - {line}" for line in changed[:20]) + (f"\n  ... and {len(changed) - 20} more" if len(changed) > 20 else "")
     return (f"{folder} holds another sweep ({folder / SWEEP_STATE}), so this command cannot continue it:\n{listing}\n"
             f"Resume it with its own command (`composer resume {folder}`), or start this sweep in a new folder "
             "with hydra.sweep.dir=...")
 
 
-def unusable_optuna_storage(storage: Any) -> str | None:
-    """Why an Optuna study storage (hydra.sweeper.storage) cannot open here, before a trial runs,
-    or None. Hydra's Optuna sweeper (hydra-optuna-sweeper, whose last release is 1.3) requires
-    optuna < 3, whose SQL storages do not work with SQLAlchemy 2 (optuna supports it from 3.1);
-    the project's mlflow extra installs SQLAlchemy 2, and then optuna fails with a bare
-    AssertionError from inside its storage once the sweep has started."""
-    from importlib.metadata import PackageNotFoundError, version
+def _new_storage_refusal(settings: dict[str, Any]) -> str | None:
+    """Why a new Optuna sweep cannot keep its study in its storage (hydra.sweeper.storage), or
+    None: the storage cannot be opened (no driver, a wrong URL, a server not reachable, an SQLite
+    file in a folder that does not exist)."""
+    from hydra_plugins.composer_optuna_sweeper._storage import StorageUnavailable, can_create
 
-    from packaging.version import Version
-
-    if storage is None or str(storage).startswith("redis"):
+    storage = settings.get("storage")
+    if storage is None:
         return None
     try:
-        optuna, sqlalchemy = Version(version("optuna")), Version(version("sqlalchemy"))
-    except PackageNotFoundError:
-        return None  # the sweeper says what is missing itself
-    if optuna < Version("3.1") and sqlalchemy >= Version("2"):
-        return (f"hydra.sweeper.storage={storage}: Hydra's Optuna sweeper needs optuna<3 (installed: {optuna}), whose "
-                f"SQL storages do not work with SQLAlchemy 2 (installed: {sqlalchemy}; the mlflow extra needs it). Leave "
-                "the storage unset: the study then lives in the sweep, which composer resumes by replaying its seeded "
-                "sampler over the trial folders (`composer resume SWEEP_DIR`). Or run the sweep in an environment with "
-                "SQLAlchemy<2 and without the mlflow extra")
+        can_create(storage, settings["dir"])
+    except StorageUnavailable as error:
+        return (f"hydra.sweeper.storage={storage} cannot be opened ({error}), so the sweep in {settings['dir']} could "
+                "not keep its study there. Give a database URL that opens here (sqlite:///study.db; postgresql://... "
+                "or mysql://... with its driver installed), or leave the storage unset: the study then lives in "
+                "the sweep")
+    return None
+
+
+def _stored_study_refusal(folder: Path, state: dict[str, Any], settings: dict[str, Any]) -> str | None:
+    """Why the Optuna sweep in `folder`, its study in a storage, cannot be resumed, or None: the
+    storage cannot be opened, or it no longer holds the study while jobs ran (the sweep would
+    ask its trials anew over the trial folders). Composer's sweeper then continues the study:
+    its finished trials count, the ones a kill left running run again in their folders."""
+    from composer import sweep
+    from hydra_plugins.composer_optuna_sweeper._storage import StorageUnavailable, has_study, study_name
+
+    storage = settings["storage"]
+    if storage is None:
+        return None
+    name = study_name(settings["settings"].get("study_name"), folder)
+    try:
+        found = has_study(storage, name)
+    except StorageUnavailable as error:
+        return (f"{folder} holds an Optuna sweep whose study storage cannot be opened (hydra.sweeper.storage={storage}: "
+                f"{error}); resuming needs the study it holds. Make the storage reachable (its driver installed, its "
+                f"server up, its file in place) and resume again: composer resume {shell_word(str(folder))}")
+    if not found and any(job["status"] != sweep.PENDING for job in state["jobs"]):
+        return (f"{folder} holds an Optuna sweep whose study {name!r} is not in its storage (hydra.sweeper.storage="
+                f"{storage}): the storage was moved, deleted or replaced, and without the study the sweep would ask "
+                "its trials anew over the trial folders. Put the storage back where hydra.sweeper.storage says and "
+                "resume again, or start the sweep anew in a new folder (hydra.sweep.dir=...)")
     return None
 
 

@@ -108,8 +108,12 @@ PENDING, RUNNING = "pending", str(RunStatus.RUNNING)
 # The sweep's own status: running (or killed while it ran), interrupted (Ctrl-C), finished.
 SWEEP_RUNNING, SWEEP_INTERRUPTED, SWEEP_FINISHED = "running", str(RunStatus.INTERRUPTED), "finished"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-# hydra/sweeper=optuna: resumed by replaying its study from the trial folders (multirun.refusal).
-OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+# hydra/sweeper=optuna, composer's own (hydra_plugins/composer_optuna_sweeper): resumed from its
+# study's storage, or without one by replaying its seeded sampler over the trial folders
+# (multirun.refusal says when neither can be done).
+OPTUNA_SWEEPER = "hydra_plugins.composer_optuna_sweeper.optuna_sweeper.ComposerOptunaSweeper"
+# Hydra's own Optuna sweeper (hydra-optuna-sweeper), which composer used before: its sweeps are not resumed.
+HYDRA_OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 # Hydra settings that say where a sweep is and how to resume it, not what it is: never recorded.
 RESUME_SETTINGS = ("hydra.sweep.dir", "hydra.mode", "hydra.callbacks.report.retry_failed")
 # Job folder states a resume leaves alone unless asked (--retry-failed).

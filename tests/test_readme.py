@@ -183,3 +183,19 @@ def test_serving_block_runs_as_shown(workdir):
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=600) == 0
         log.close()
+
+
+def test_optuna_storage_block_runs_as_shown(tmp_path):
+    """The Optuna block of "Resuming a sweep": a search whose study is kept in SQLite, then
+    `composer resume` of the finished sweep, which finds every trial finished in the study and
+    launches nothing."""
+    optuna = pytest.importorskip("optuna")
+    block = next(b for b in _blocks("bash") if "hydra.sweeper.storage=sqlite:///" in b)
+    for line in block.strip().splitlines():
+        words = shlex.split(line.partition("  #")[0])
+        done = _composer(words, tmp_path)
+        assert done.returncode == 0, (words, done.stdout[-2000:], done.stderr[-2000:])
+    sweep = tmp_path / "runs" / "search"
+    study = optuna.load_study(study_name=str(sweep.resolve()), storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert len(study.trials) == 12 and (sweep / "11" / "manifest.json").exists() and not (sweep / "12").exists()
+    assert "12 trials finished, 0 interrupted, 0 to ask" in done.stderr and "Launching" not in done.stderr

@@ -349,7 +349,7 @@ def test_an_optuna_sweep_resumes_its_study_toward_the_configured_trials(tmp_path
     replaying its study from the trial folders: trial 0 is kept and gives the sampler the value
     it gave, trials 1 and 2 get the parameters an uninterrupted sweep gave them, in the folders it
     used, and the study ends at the configured 3 trials with the same best value."""
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("optuna")
     data = write_jsonl(tmp_path / "labelled.jsonl", ROWS)
     command = ["run", "-m", "experiment=optuna-threshold", "hydra.sweeper.n_trials=3", "threads=1", "progress=false",
                "input=jsonl", f"input.path={data}", "input.label_field=label", "input.id_field=uid"]
@@ -372,40 +372,14 @@ def test_an_optuna_sweep_resumes_its_study_toward_the_configured_trials(tmp_path
     assert _results(_summary(sweep)) == _results(_summary(whole))
     state = json.loads((sweep / "sweep.json").read_text())
     assert state["sweeper"].endswith("OptunaSweeper") and [j["status"] for j in state["jobs"]] == ["complete"] * 3
-    # A study that cannot be replayed is refused before anything runs: a storage holds its trials
-    # already, an unseeded sampler would propose other parameters, and so would another seed (or
-    # any other sweeper setting than the recorded ones).
-    for setting, said in (("hydra.sweeper.storage=sqlite:///study.db", _STORAGE_REFUSAL),
+    # A study that cannot be replayed is refused before anything runs: an unseeded sampler would
+    # propose other parameters, and so would another seed (or any other sweeper setting than the
+    # recorded ones, such as a storage it did not have).
+    for setting, said in (("hydra.sweeper.storage=sqlite:///study.db", "hydra.sweeper.storage: None -> 'sqlite:///study.db'"),
                           ("hydra.sweeper.sampler.seed=null", "sampler has no seed"),
                           ("hydra.sweeper.sampler.seed=1", "hydra.sweeper.sampler.seed: 0 -> 1")):
         refused = run_cli(*command, setting, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
         assert refused.returncode == 2 and said in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
-
-
-def _storage_refusal() -> str:
-    """What a storage is refused with: this lock's optuna (<3, for Hydra's sweeper) cannot open an
-    SQL storage beside SQLAlchemy 2; elsewhere, a resume refuses a stored study (it would renumber)."""
-    from composer.multirun import unusable_optuna_storage
-
-    return "whose SQL storages do not work with SQLAlchemy 2" if unusable_optuna_storage("sqlite:///x.db") else "with a study storage"
-
-
-_STORAGE_REFUSAL = _storage_refusal()
-
-
-def test_a_new_optuna_sweep_with_a_storage_that_cannot_open_is_refused_before_it_starts(tmp_path):
-    """With this lock an Optuna SQL storage fails inside optuna after the sweep started (a bare
-    AssertionError, a sweep.json and no trial); it is refused first, naming the cause and what to do."""
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    from composer.multirun import unusable_optuna_storage
-
-    if unusable_optuna_storage("sqlite:///study.db") is None:
-        pytest.skip("optuna here opens SQL storages (SQLAlchemy < 2 or optuna >= 3.1)")
-    done = run_cli("run", "-m", "experiment=optuna-threshold", "hydra.sweeper.n_trials=2", "threads=1", "progress=false",
-                   f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}", "hydra.sweep.dir=sweep", cwd=tmp_path)
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert "hydra.sweeper.storage=sqlite:///" in done.stderr and "Leave the storage unset" in done.stderr
-    assert not (tmp_path / "sweep").exists()
 
 
 def test_a_sweep_from_a_config_dir_with_params_in_its_files_resumes_as_recorded(tmp_path):
@@ -472,3 +446,92 @@ def test_ctrl_c_on_a_submitit_local_sweep_stops_its_jobs_cleanly(data, reference
     assert done.returncode == 0, done.stderr
     assert "(3 jobs: 3 interrupted)" in done.stderr
     _assert_equals_reference(sweep, reference)
+
+
+def _storage(folder: Path) -> str:
+    return f"sqlite:///{folder}/study.db"
+
+
+def _trials(folder: Path) -> list[tuple]:
+    """(number, state, params, value) of each trial of the one study in the sweep's storage."""
+    import optuna
+
+    [summary] = optuna.get_all_study_summaries(_storage(folder))  # one study: a resume makes no second
+    assert summary.study_name == str(folder.resolve())  # named after its sweep folder
+    study = optuna.load_study(study_name=summary.study_name, storage=_storage(folder))
+    return [(t.number, t.state.name, t.params, t.value) for t in study.get_trials()]
+
+
+def test_an_optuna_sweep_with_a_storage_resumes_its_study_after_kill_9(tmp_path):
+    """An Optuna sweep whose study lives in a storage (SQLite in the sweep folder), killed with
+    kill -9 during trial 2 of 4, resumes from its study: trials 0 and 1 count and keep their
+    folders, trial 2 (left RUNNING) runs again with its own threshold into its own folder, where
+    the run-level resume finishes it, and only trial 3 is asked anew, by the sampler as it was
+    saved in the study. Every trial, the study and optimization_results.yaml equal an
+    uninterrupted sweep's with the same seed."""
+    pytest.importorskip("optuna")
+    labels = ("POSITIVE", "NEGATIVE")
+    words = "good bad fine broken great slow love hate".split()
+    rows = [{"uid": f"u{i}", "text": " ".join(words[(i * 3 + k) % len(words)] for k in range(1 + i % 5)),
+             "label": labels[i % 2]} for i in range(2000)]  # a trial long enough to be killed in its middle
+    data = write_jsonl(tmp_path / "labelled.jsonl", rows)
+    command = ["run", "-m", "experiment=optuna-threshold", "hydra.sweeper.n_trials=4", "threads=1", "progress=false",
+               "batch_size=1", "input=jsonl", f"input.path={data}", "input.label_field=label", "input.id_field=uid"]
+    whole, sweep = tmp_path / "whole", tmp_path / "sweep"
+    run_cli(*command, f"hydra.sweeper.storage={_storage(whole)}", f"hydra.sweep.dir={whole}", cwd=tmp_path, check=True)
+    process = _start([*command, f"hydra.sweeper.storage={_storage(sweep)}", f"hydra.sweep.dir={sweep}"], tmp_path)
+    _wait(lambda: _lines(sweep / "2" / "outputs.jsonl") >= 10, process, "trial 2 wrote 10 lines")
+    _kill_9(process)
+    assert _job_folders(sweep) == ["0", "1", "2"]
+    assert [_status(sweep / job) for job in ("0", "1", "2")] == ["complete", "complete", "running"]
+    assert [state for _, state, _, _ in _trials(sweep)] == ["COMPLETE", "COMPLETE", "RUNNING"]
+    written = _lines(sweep / "2" / "outputs.jsonl")
+
+    done = run_cli("resume", str(sweep), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert _job_folders(sweep) == ["0", "1", "2", "3"]  # none duplicated, none renumbered
+    assert [_attempts(sweep / job) for job in ("0", "1", "2", "3")] == [1, 1, 2, 1]
+    assert json.loads((sweep / "2" / "manifest.json").read_text())["attempts"][1]["skipped"] == written
+    for job in ("0", "1", "2", "3"):
+        for name in ("outputs.jsonl", "errors.jsonl", "config.yaml", ".hydra/overrides.yaml"):
+            assert (sweep / job / name).read_bytes() == (whole / job / name).read_bytes(), f"{job}/{name}"
+    assert _trials(sweep) == _trials(whole) and [state for _, state, _, _ in _trials(sweep)] == ["COMPLETE"] * 4
+    assert (sweep / "optimization_results.yaml").read_text() == (whole / "optimization_results.yaml").read_text()
+    assert _results(_summary(sweep)) == _results(_summary(whole))
+    state = json.loads((sweep / "sweep.json").read_text())
+    assert state["status"] == "finished" and [j["status"] for j in state["jobs"]] == ["complete"] * 4
+    # Finished: resuming again runs nothing and asks no trial.
+    again = run_cli("resume", str(sweep), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert [_attempts(sweep / job) for job in ("0", "1", "2", "3")] == [1, 1, 2, 1] and len(_trials(sweep)) == 4
+
+
+def test_an_optuna_sweep_whose_study_left_its_storage_is_refused_before_any_job_runs(tmp_path):
+    """Resuming a sweep whose study storage no longer holds its study (the SQLite file deleted,
+    or another one in its place) would ask its trials anew over the trial folders: refused before
+    any job runs, naming the folder, the study and what to do. A storage that cannot be opened at
+    all is refused the same way, for a new sweep too."""
+    pytest.importorskip("optuna")
+    data = write_jsonl(tmp_path / "labelled.jsonl", ROWS)
+    command = ["run", "-m", "experiment=optuna-threshold", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+               "threads=1", "progress=false", "input=jsonl", f"input.path={data}", "input.label_field=label",
+               "input.id_field=uid"]
+    sweep = tmp_path / "sweep"
+    run_cli(*command, f"hydra.sweeper.storage={_storage(sweep)}", f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=True)
+    (sweep / "study.db").unlink()
+    refused = run_cli("resume", str(sweep), cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert f"{sweep} holds an Optuna sweep whose study '{sweep}' is not in its storage" in refused.stderr
+    assert "Put the storage back" in refused.stderr and not (sweep / "study.db").exists()  # not created either
+    assert [_attempts(sweep / job) for job in ("0", "1")] == [1, 1]
+
+    (sweep / "study.db").mkdir()  # something that is no database where the file was
+    refused = run_cli("resume", str(sweep), cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert "whose study storage cannot be opened (hydra.sweeper.storage=sqlite:///" in refused.stderr
+    assert f"composer resume {sweep}" in refused.stderr
+
+    new = run_cli(*command, f"hydra.sweeper.storage=sqlite:///{tmp_path}/missing/study.db", "hydra.sweep.dir=new",
+                  cwd=tmp_path)
+    assert new.returncode == 2 and "Traceback" not in new.stderr, new.stderr
+    assert "cannot be opened (the folder of the SQLite file" in new.stderr and not (tmp_path / "new").exists()
