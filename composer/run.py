@@ -152,7 +152,7 @@ def _execute(config: dict[str, Any], run_dir: Path, graph: Graph, cache: Any, at
     try:
         if attempt.damaged is not None:
             raise attempt.damaged
-        show_progress = _set_up(config, run_dir, graph, attempt)
+        show_progress = _set_up(config, run_dir, graph, attempt, executor)
         _stream(config, run_dir, graph, attempt.skip_ids, errors, outcome.stats, show_progress, executor)
         failed = runstore.count_lines(run_dir / runstore.ERRORS)
         outcome.status = RunStatus.COMPLETE if failed == 0 else RunStatus.COMPLETED_WITH_ERRORS
@@ -176,10 +176,11 @@ def _execute(config: dict[str, Any], run_dir: Path, graph: Graph, cache: Any, at
     return outcome
 
 
-def _set_up(config: dict[str, Any], run_dir: Path, graph: Graph, attempt: _Attempt) -> bool:
-    """Set up every stage after the source (runtime.set_up_stages: seeds, threads, the models;
-    a resumed attempt's stages restore their state from the outputs earlier attempts wrote),
-    recording each choice in the manifest. Returns whether the progress bar shows."""
+def _set_up(config: dict[str, Any], run_dir: Path, graph: Graph, attempt: _Attempt, executor: Executor) -> bool:
+    """Set up the stages the executor runs in this process (runtime.set_up_stages: seeds,
+    threads, the models; a resumed attempt's stages restore their state from the outputs earlier
+    attempts wrote), recording each choice in the manifest. Returns whether the progress bar
+    shows."""
     from composer.runtime import set_up_stages
 
     manifest = attempt.manifest
@@ -190,7 +191,9 @@ def _set_up(config: dict[str, Any], run_dir: Path, graph: Graph, attempt: _Attem
         if attempt.skip_ids and stage.restores_state:
             stage.restore(runstore.iter_jsonl(run_dir / runstore.OUTPUTS))
 
-    done = set_up_stages(config, graph.stages()[1:], graph.model_stages, config["threads"], show_progress, restore)
+    stages = executor.stages_set_up_here(graph)
+    done = set_up_stages(config, stages, lambda: [s for s in graph.model_stages() if s in stages], config["threads"],
+                         show_progress, restore)
     manifest["deterministic"], manifest["device"] = done.deterministic, runfacts.device_facts()
     manifest["allocator"], manifest["threads"] = done.allocator, done.threads
     attempt.entry["setup_seconds"] = done.setup_seconds

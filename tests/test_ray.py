@@ -72,6 +72,10 @@ def test_text_outputs_and_errors_equal_the_local_executors(cluster, tmp_path):
     assert facts["type"] == "ray" and facts["ray_version"] == ray.__version__ and facts["nodes"] == 2
     assert facts["cluster_resources"]["GPU"] == 2 and facts["actors"] == 2 and facts["blocks"] == 4
     assert sum(actor["records"] for actor in facts["per_actor"].values()) == 25  # 24 rows + the unreadable line
+    # The driver (this process) loads no model: the actors run the stages, each with its own.
+    assert on_ray.manifest()["stages"]["model"]["loaded"] is False
+    for actor in facts["per_actor"].values():
+        assert actor["models"]["model"]["loaded"] is True and actor["models"]["model"]["device"] == "cpu"
     assert local.manifest()["executor"] == {"type": "local"}
     metrics = on_ray.metrics()
     assert metrics["throughput"]["records"] == 23 and metrics["models"]["model"]["latency"]  # the actors' batches

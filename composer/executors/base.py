@@ -52,7 +52,8 @@ class Executor(ABC):
     """Runs a planned graph: reads the graph's source (skipping `policy.skip_ids`), runs its
     stages over the records with the shared unit (composer.executors.unit.run_records), and
     hands the survivors to the graph's sink (its last node) in input order and the failures to
-    `on_failures`. The stages are set up before and closed after, by the run (composer.run)."""
+    `on_failures`. The stages it names (stages_set_up_here) are set up before and all are closed
+    after, by the run (composer.run)."""
 
     @abstractmethod
     def run(self, graph: Graph, stats: ExecutionStats, policy: ExecutionPolicy, on_failures: OnFailures,
@@ -61,6 +62,12 @@ class Executor(ABC):
         counts stay true when the run stops early) and calling `advance(n)` as n records finish.
         Raises RunAborted (on_error=fail, max_errors) or RunInterrupted (a stop request) after
         writing the input-order prefix of what finished."""
+
+    def stages_set_up_here(self, graph: Graph) -> list[Any]:
+        """The stages the run sets up in its own process before `run` (loading their models):
+        every stage after the source, where this process runs them. An executor whose stages
+        run elsewhere names fewer, so this process loads no model it will not run."""
+        return graph.stages()[1:]
 
     @abstractmethod
     def facts(self) -> dict[str, Any]:

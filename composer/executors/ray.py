@@ -67,6 +67,7 @@ class _ActorFacts:
     pid: int
     cuda_visible_devices: str | None
     setup_seconds: float
+    models: dict[str, Any]  # per model stage, what loaded in this actor, where (the stage's manifest facts)
     blocks: int = 0
     records: int = 0
     seconds: float = 0.0
@@ -98,6 +99,11 @@ class RayExecutor(Executor):
     @property
     def settings(self) -> dict[str, Any]:
         return self.config["executor"]
+
+    def stages_set_up_here(self, graph: Graph) -> list[Any]:
+        """Only the sink: the actors run every other stage, and each loads its own models (a
+        driver without the actors' GPUs or memory could not hold them)."""
+        return graph.stages()[-1:]
 
     def facts(self) -> dict[str, Any]:
         per_actor = {actor: dataclasses.asdict(facts) for actor, facts in self._facts.get("per_actor", {}).items()}
@@ -228,7 +234,8 @@ class _Worker:
         self.workers = ThreadPoolExecutor(width, thread_name_prefix="composer-model") if width > 1 else None
         self.facts = _ActorFacts(node=context.get_node_id(), pid=os.getpid(),
                                  cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
-                                 setup_seconds=time.perf_counter() - started)
+                                 setup_seconds=time.perf_counter() - started,
+                                 models={stage.name: stage.describe() for stage in self.graph.model_stages()})
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
