@@ -112,9 +112,10 @@ def _stored_study_refusal(folder: Path, state: dict[str, Any], settings: dict[st
                 f"server up, its file in place) and resume again: composer resume {shell_word(str(folder))}")
     if not found and any(job["status"] != sweep.PENDING for job in state["jobs"]):
         return (f"{folder} holds an Optuna sweep whose study {name!r} is not in its storage (hydra.sweeper.storage="
-                f"{storage}): the storage was moved, deleted or replaced, and without the study the sweep would ask "
-                "its trials anew over the trial folders. Put the storage back where hydra.sweeper.storage says and "
-                "resume again, or start the sweep anew in a new folder (hydra.sweep.dir=...)")
+                f"{storage}): the storage was moved, deleted or replaced, or the sweep folder was moved (a study without "
+                "hydra.sweeper.study_name is named after the folder it started in), and without the study the sweep "
+                "would ask its trials anew over the trial folders. Put the storage (or the folder) back where it was "
+                "and resume again, or start the sweep anew in a new folder (hydra.sweep.dir=...)")
     return None
 
 

@@ -462,24 +462,34 @@ def _trials(folder: Path) -> list[tuple]:
     return [(t.number, t.state.name, t.params, t.value) for t in study.get_trials()]
 
 
-def test_an_optuna_sweep_with_a_storage_resumes_its_study_after_kill_9(tmp_path):
-    """An Optuna sweep whose study lives in a storage (SQLite in the sweep folder), killed with
-    kill -9 during trial 2 of 4, resumes from its study: trials 0 and 1 count and keep their
-    folders, trial 2 (left RUNNING) runs again with its own threshold into its own folder, where
-    the run-level resume finishes it, and only trial 3 is asked anew, by the sampler as it was
-    saved in the study. Every trial, the study and optimization_results.yaml equal an
-    uninterrupted sweep's with the same seed."""
+def test_an_optuna_sweep_with_a_storage_resumes_its_study_after_ctrl_c_and_kill_9(tmp_path):
+    """An Optuna sweep whose study lives in a storage (SQLite in the sweep folder), of 4 trials.
+    Ctrl-C during trial 1: the sweep stops (exit 130), trial 1 stays RUNNING in the study and no
+    trial is asked after it. Resumed, then killed with kill -9 during trial 2: trial 1 was
+    finished in its folder, trial 2 stays RUNNING. Resumed again: trials 0 and 1 count and keep
+    their folders, trial 2 runs again with its own threshold into its own folder, where the
+    run-level resume finishes it, and only trial 3 is asked anew, by the sampler as it was saved
+    in the study. Every trial, the study and optimization_results.yaml equal an uninterrupted
+    sweep's with the same seed."""
     pytest.importorskip("optuna")
     labels = ("POSITIVE", "NEGATIVE")
     words = "good bad fine broken great slow love hate".split()
     rows = [{"uid": f"u{i}", "text": " ".join(words[(i * 3 + k) % len(words)] for k in range(1 + i % 5)),
-             "label": labels[i % 2]} for i in range(2000)]  # a trial long enough to be killed in its middle
+             "label": labels[i % 2]} for i in range(2000)]  # a trial long enough to be stopped in its middle
     data = write_jsonl(tmp_path / "labelled.jsonl", rows)
     command = ["run", "-m", "experiment=optuna-threshold", "hydra.sweeper.n_trials=4", "threads=1", "progress=false",
                "batch_size=1", "input=jsonl", f"input.path={data}", "input.label_field=label", "input.id_field=uid"]
     whole, sweep = tmp_path / "whole", tmp_path / "sweep"
     run_cli(*command, f"hydra.sweeper.storage={_storage(whole)}", f"hydra.sweep.dir={whole}", cwd=tmp_path, check=True)
     process = _start([*command, f"hydra.sweeper.storage={_storage(sweep)}", f"hydra.sweep.dir={sweep}"], tmp_path)
+    _wait(lambda: _lines(sweep / "1" / "outputs.jsonl") >= 10, process, "trial 1 wrote 10 lines")
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and f"composer resume {sweep}" in stderr, stderr
+    assert _job_folders(sweep) == ["0", "1"] and _status(sweep / "1") == "interrupted"
+    assert [state for _, state, _, _ in _trials(sweep)] == ["COMPLETE", "RUNNING"]  # none asked after it
+
+    process = _start(["resume", str(sweep)], tmp_path)
     _wait(lambda: _lines(sweep / "2" / "outputs.jsonl") >= 10, process, "trial 2 wrote 10 lines")
     _kill_9(process)
     assert _job_folders(sweep) == ["0", "1", "2"]
@@ -490,7 +500,7 @@ def test_an_optuna_sweep_with_a_storage_resumes_its_study_after_kill_9(tmp_path)
     done = run_cli("resume", str(sweep), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert _job_folders(sweep) == ["0", "1", "2", "3"]  # none duplicated, none renumbered
-    assert [_attempts(sweep / job) for job in ("0", "1", "2", "3")] == [1, 1, 2, 1]
+    assert [_attempts(sweep / job) for job in ("0", "1", "2", "3")] == [1, 2, 2, 1]
     assert json.loads((sweep / "2" / "manifest.json").read_text())["attempts"][1]["skipped"] == written
     for job in ("0", "1", "2", "3"):
         for name in ("outputs.jsonl", "errors.jsonl", "config.yaml", ".hydra/overrides.yaml"):
@@ -503,7 +513,7 @@ def test_an_optuna_sweep_with_a_storage_resumes_its_study_after_kill_9(tmp_path)
     # Finished: resuming again runs nothing and asks no trial.
     again = run_cli("resume", str(sweep), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert [_attempts(sweep / job) for job in ("0", "1", "2", "3")] == [1, 1, 2, 1] and len(_trials(sweep)) == 4
+    assert [_attempts(sweep / job) for job in ("0", "1", "2", "3")] == [1, 2, 2, 1] and len(_trials(sweep)) == 4
 
 
 def test_an_optuna_sweep_whose_study_left_its_storage_is_refused_before_any_job_runs(tmp_path):
@@ -522,7 +532,7 @@ def test_an_optuna_sweep_whose_study_left_its_storage_is_refused_before_any_job_
     refused = run_cli("resume", str(sweep), cwd=tmp_path)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
     assert f"{sweep} holds an Optuna sweep whose study '{sweep}' is not in its storage" in refused.stderr
-    assert "Put the storage back" in refused.stderr and not (sweep / "study.db").exists()  # not created either
+    assert "Put the storage (or the folder) back" in refused.stderr and not (sweep / "study.db").exists()  # not created either
     assert [_attempts(sweep / job) for job in ("0", "1")] == [1, 1]
 
     (sweep / "study.db").mkdir()  # something that is no database where the file was
