@@ -401,3 +401,105 @@ def test_optuna_sweep_in_batches_keeps_job_numbers_equal_to_trial_numbers(tmp_pa
         assert json.loads((job / "manifest.json").read_text())["status"] == "complete"
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(results["best_params"]) == {"postprocess.0.min_score", "batch_size", "postprocess.0.fallback_label"}
+
+
+class _Killed(BaseException):
+    """What kill -9 does to the sweeping process, as far as the study can tell: it stops there."""
+
+
+class _Launcher:
+    """A launcher that returns each trial's objective, -(x - 0.3)^2, at once; `kill_at`: the first
+    job of the launch that 'kills' the process (raises _Killed) before it returns."""
+
+    def __init__(self, kill_at: int | None = None) -> None:
+        self.kill_at, self.launches = kill_at, []
+
+    def launch(self, overrides, initial_job_idx):
+        from hydra.core.utils import JobReturn, JobStatus
+
+        self.launches.append((initial_job_idx, [list(o) for o in overrides]))
+        if initial_job_idx == self.kill_at:
+            raise _Killed
+        returns = []
+        for job in overrides:
+            x = float(next(o for o in job if o.startswith("x=")).split("=", 1)[1])
+            ret = JobReturn(overrides=list(job), status=JobStatus.COMPLETED)
+            ret.return_value = -((x - 0.3) ** 2)
+            returns.append(ret)
+        return returns
+
+
+def _study_sweep(folder: Path, launcher: _Launcher):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.composer_optuna_sweeper._study import StudySweep
+
+    sweeper = SimpleNamespace(
+        launcher=launcher, config=OmegaConf.create({"hydra": {"sweep": {"dir": str(folder)}}}),
+        params=OmegaConf.create({"x": "interval(0,1)", "k": "choice(a,b)"}), direction="maximize",
+        sampler=OmegaConf.create({"_target_": "optuna.samplers.TPESampler", "seed": 0, "n_startup_trials": 2}),
+        n_trials=6, n_jobs=2, max_failure_rate=1.0, storage=f"sqlite:///{folder}/study.db", study_name=None,
+        custom_search_space=None)
+    return StudySweep(sweeper, ["fixed=1"])
+
+
+def _trials_of(folder: Path) -> list[tuple]:
+    import optuna
+
+    study = optuna.load_study(study_name=str(folder.resolve()), storage=f"sqlite:///{folder}/study.db")
+    return [(t.number, t.state.name, t.params, t.value, t.system_attrs.get("composer:job")) for t in study.get_trials()]
+
+
+def test_optuna_study_resumes_from_its_storage_where_a_kill_left_it(tmp_path):
+    """The resume windows of composer's Optuna sweeper, with a launcher that stands in for the
+    jobs (TPE after 2 random trials, so the sampler's model of the earlier trials counts too):
+    killed while batch [2, 3] runs, the resumed study runs [2, 3] again with their own overrides,
+    asks [4, 5] as the uninterrupted study did (the sampler restored from the study) and ends
+    equal to it. Killed after a batch was asked but before its sampler was saved, the batch still
+    runs again with its own params in its own job numbers. A trial asked but never given its
+    folder fails. Job numbers stay trial numbers throughout."""
+    pytest.importorskip("optuna")
+    (tmp_path / "whole").mkdir()
+    whole = _Launcher()
+    _study_sweep(tmp_path / "whole", whole).run()
+    expected = _trials_of(tmp_path / "whole")
+    assert [(n, state, job) for n, state, _, _, job in expected] == [(n, "COMPLETE", n) for n in range(6)]
+    assert [first for first, _ in whole.launches] == [0, 2, 4]
+    assert all(job[-1] == "fixed=1" for _, jobs in whole.launches for job in jobs)
+
+    (tmp_path / "killed").mkdir()
+    with pytest.raises(_Killed):
+        _study_sweep(tmp_path / "killed", _Launcher(kill_at=2)).run()
+    assert [state for _, state, _, _, _ in _trials_of(tmp_path / "killed")] == ["COMPLETE"] * 2 + ["RUNNING"] * 2
+    resumed = _Launcher()
+    _study_sweep(tmp_path / "killed", resumed).run()
+    assert resumed.launches == whole.launches[1:]  # [2, 3] again as they were, then [4, 5] as asked before
+    assert _trials_of(tmp_path / "killed") == expected
+
+    (tmp_path / "unsaved").mkdir()
+    sweep = _study_sweep(tmp_path / "unsaved", _Launcher())
+    saved = sweep.save_sampler
+
+    def save_then_die(last_job):
+        if last_job == 3:
+            raise _Killed
+        saved(last_job)
+
+    sweep.save_sampler = save_then_die
+    with pytest.raises(_Killed):
+        sweep.run()
+    before = {n: params for n, _, params, _, _ in _trials_of(tmp_path / "unsaved")}
+    resumed = _Launcher()
+    _study_sweep(tmp_path / "unsaved", resumed).run()
+    after = _trials_of(tmp_path / "unsaved")
+    assert [(n, state, job) for n, state, _, _, job in after] == [(n, "COMPLETE", n) for n in range(6)]
+    assert [first for first, _ in resumed.launches] == [2, 4] and all(after[n][2] == before[n] for n in (2, 3))
+
+    import optuna
+
+    study = optuna.load_study(study_name=str((tmp_path / "whole").resolve()), storage=f"sqlite:///{tmp_path}/whole/study.db")
+    orphan = study.ask()  # asked, then killed before it was given its folder
+    _study_sweep(tmp_path / "whole", _Launcher()).run()
+    assert _trials_of(tmp_path / "whole")[orphan.number][1] == "FAIL"

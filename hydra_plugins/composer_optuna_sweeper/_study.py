@@ -174,7 +174,8 @@ class StudySweep:
         log.info(f"Storage: {self.sweeper.storage}")
         log.info(f"Sampler: {type(self.study.sampler).__name__}")
         log.info(f"Directions: {self.directions}")
-        mine = [t for t in self.study.get_trials(deepcopy=False) if t.system_attrs.get(SWEEP_DIR_ATTR) == str(self.folder)]
+        mine = [t for t in self.study.get_trials(deepcopy=False)
+                if t.system_attrs.get(SWEEP_DIR_ATTR) == str(self.folder) and JOB_ATTR in t.system_attrs]
         return sorted(mine, key=lambda t: t.system_attrs[JOB_ATTR])
 
     def _trial_id(self, number: int) -> int:
@@ -221,8 +222,10 @@ class StudySweep:
             for number in range(job, job + size):
                 trial = self.study.ask()
                 trial_id = self._trial_id(trial.number)
-                self.storage.set_trial_system_attr(trial_id, SWEEP_DIR_ATTR, str(self.folder))
+                # The job number first: a trial is this folder's once it has both (a kill between them
+                # leaves one without a folder, which fail_orphans ends).
                 self.storage.set_trial_system_attr(trial_id, JOB_ATTR, number)
+                self.storage.set_trial_system_attr(trial_id, SWEEP_DIR_ATTR, str(self.folder))
                 trials.append(trial)
             if self.launch(trials, job, fresh=True):
                 return
@@ -231,11 +234,11 @@ class StudySweep:
 
     def fail_orphans(self) -> None:
         """Trials of this folder's own study that a kill left RUNNING between being asked and
-        being given a job number never ran: they fail, so that they do not count as pending."""
+        being given their folder never ran: they fail, so that they do not stay RUNNING."""
         if self.sweeper.study_name or isinstance(self.storage, optuna.storages.InMemoryStorage):
             return
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if JOB_ATTR not in trial.system_attrs:
+            if SWEEP_DIR_ATTR not in trial.system_attrs:
                 log.warning(f"Trial {trial.number} was asked but never launched (the sweep was killed): failed")
                 self.study.tell(trial.number, state=TrialState.FAIL)
 
