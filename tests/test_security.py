@@ -181,6 +181,16 @@ def test_hydra_targets_outside_the_allow_list_exit_2(override, path, tmp_path):
         assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
 
 
+def test_an_optuna_custom_search_space_outside_the_allow_list_exits_2(tmp_path):
+    """composer's Optuna sweeper calls the function hydra.sweeper.custom_search_space names, as
+    Hydra instantiates a _target_: it gets the same gate, before any trial runs."""
+    done = run_cli("run", "-m", "experiment=optuna-threshold", "hydra.sweeper.n_trials=1",
+                   "hydra.sweeper.custom_search_space=os.system", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "  - hydra.sweeper.custom_search_space: 'os.system' is not a function Hydra may call" in done.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
 def _sparse(path, size: int):
     with path.open("wb") as handle:
         handle.truncate(size)  # a hole: no disk space, yet stat() says `size` and a read returns it all
