@@ -205,7 +205,11 @@ def test_ctrl_c_stops_the_sweep_cleanly_and_says_how_to_resume(launcher, data, r
     joblib): each running job finishes its batch and records `interrupted`, job 2 never starts,
     the sweep says `interrupted` and prints the resume command; resume finishes it."""
     sweep = tmp_path / "sweep"
-    process = _start(_command(data, sweep, LAUNCHERS[launcher]), tmp_path)
+    extra = list(LAUNCHERS[launcher])
+    if launcher == "joblib":  # jobs 0 and 1 start together: a late second worker would let job 0 finish first
+        extra += ["+hydra.callbacks.together._target_=composer.testing.sweep_pause.StartTogether",
+                  "+hydra.callbacks.together.jobs=[0,1]", f"+hydra.callbacks.together.marker={tmp_path / 'started'}"]
+    process = _start(_command(data, sweep, extra), tmp_path)
     running = ["1"] if launcher == "basic" else ["0", "1"]
     _wait(lambda: all(_lines(sweep / job / "outputs.jsonl") >= 10 for job in running), process,
           f"jobs {running} wrote 10 lines")
