@@ -191,9 +191,7 @@ def _set_up(config: dict[str, Any], run_dir: Path, graph: Graph, attempt: _Attem
         if attempt.skip_ids and stage.restores_state:
             stage.restore(runstore.iter_jsonl(run_dir / runstore.OUTPUTS))
 
-    stages = executor.stages_set_up_here(graph)
-    done = set_up_stages(config, stages, lambda: [s for s in graph.model_stages() if s in stages], config["threads"],
-                         show_progress, restore)
+    done = set_up_stages(config, executor.stages_set_up_here(graph), config["threads"], show_progress, restore)
     manifest["deterministic"], manifest["device"] = done.deterministic, runfacts.device_facts()
     manifest["allocator"], manifest["threads"] = done.allocator, done.threads
     attempt.entry["setup_seconds"] = done.setup_seconds

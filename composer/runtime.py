@@ -12,8 +12,8 @@ import importlib.util
 import inspect
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from composer.provision import ModelUnavailable
@@ -373,14 +373,14 @@ class StagesSetUp:
     setup_seconds: float
 
 
-def set_up_stages(config: dict[str, Any], stages: list[Any], model_stages: Callable[[], list[Any]], threads: int | None,
-                  show_progress: bool = False, after_setup: Callable[[Any], None] | None = None) -> StagesSetUp:
+def set_up_stages(config: dict[str, Any], stages: list[Any], threads: int | None, show_progress: bool = False,
+                  after_setup: Callable[[Any], None] | None = None) -> StagesSetUp:
     """Make a process ready to run records through `stages`, the same way wherever they run (a
     run, `composer serve`, a Ray actor), so that outputs do not depend on where: seed, show or
     hide transformers' "Loading weights" bars (a run's own bar replaces them), give torch the
     process's `threads`, tune malloc, set every stage up (the models load; `after_setup` runs
     after each, e.g. a resumed run's stage restoring its state), split the threads between
-    model workers (`model_stages()`, read after setup: whether batches may run side by side
+    the model workers of its model stages (after setup: whether batches may run side by side
     depends on where a model loaded), and seed again: a model loaded fresh may have drawn random
     numbers, one reused from an earlier run in this process (composer.modelpool) did not, and
     sampling must not care."""
@@ -405,6 +405,6 @@ def set_up_stages(config: dict[str, Any], stages: list[Any], model_stages: Calla
         if after_setup is not None:
             after_setup(stage)
     setup_seconds = time.perf_counter() - started
-    split = split_threads(total, config["workers"], model_stages())
+    split = split_threads(total, config["workers"], [stage for stage in stages if stage.kind == "model"])
     seed_everything(config["seed"], deterministic)
     return StagesSetUp(deterministic, allocator, split, setup_seconds)

@@ -226,8 +226,7 @@ class _Worker:
             self.graph.attach_cache(config["cache"])
         *transforms, _sink = self.graph.nodes[1:]
         # One torch intra-op thread per CPU Ray gave this actor (at least one): actors share a node.
-        set_up_stages(config, [node.stage for node in transforms], self.graph.model_stages,
-                      max(1, int(config["executor"]["num_cpus_per_actor"])))
+        set_up_stages(config, [node.stage for node in transforms], max(1, int(config["executor"]["num_cpus_per_actor"])))
         self.head, self.tail = split_head(transforms)
         self.fail_fast = config["on_error"] == "fail"
         width = max((n.stage.workers for n in self.tail if isinstance(n.stage, BatchedStage)), default=1)

@@ -48,7 +48,7 @@ class Service:
         threads. Returns the facts for the manifest."""
         from composer.runtime import set_up_stages
 
-        done = set_up_stages(self.config, self.stages, self.graph.model_stages, self.config["threads"])
+        done = set_up_stages(self.config, self.stages, self.config["threads"])
         if self.width > 1:
             self._workers = ThreadPoolExecutor(self.width, thread_name_prefix="composer-model")
         return {"deterministic": done.deterministic, "device": runfacts.device_facts(), "allocator": done.allocator,
