@@ -33,3 +33,16 @@ class HoldFrom(Stage):
                     raise TimeoutError(f"{self.release} never appeared")
                 time.sleep(0.05)
         return records
+
+
+class Pause(Stage):
+    """Passes records through unchanged, `seconds` after it gets them: blocks that take longer
+    to run than to read, so a block read while one actor is busy goes to another."""
+
+    def __init__(self, name: str, seconds: float):
+        super().__init__(name)
+        self.seconds = seconds
+
+    def process(self, records: list[Record]) -> list[Record]:
+        time.sleep(self.seconds)
+        return records

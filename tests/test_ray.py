@@ -61,16 +61,27 @@ def _same_files(local: api.RunResult, on_ray: api.RunResult) -> None:
         assert (on_ray.run_dir / name).read_bytes() == (local.run_dir / name).read_bytes(), name
 
 
-def test_text_outputs_and_errors_equal_the_local_executors(cluster, tmp_path):
+def test_text_outputs_and_errors_equal_the_local_executors(cluster, tmp_path, monkeypatch):
+    """Also: the driver (this process) reads no row of the input: a Ray task on the driver's
+    node reads it and streams the blocks."""
+    from composer.stages.sources import JsonlSource
+
     data = _texts(tmp_path / "reviews.jsonl")
     overrides = [*TEXT, "input=jsonl", f"input.path={data}"]
     local = api.run(overrides, run_dir=tmp_path / "local")
+
+    def read_here(self):
+        raise AssertionError("the driver read the input")
+
+    monkeypatch.setattr(JsonlSource, "rows", read_here)  # in this process only: Ray's workers import their own
     on_ray = api.run([*overrides, *RAY], run_dir=tmp_path / "ray")
     assert (local.status, local.exit_code) == (on_ray.status, on_ray.exit_code) == ("completed_with_errors", 1)
     _same_files(local, on_ray)
     facts = on_ray.manifest()["executor"]
     assert facts["type"] == "ray" and facts["ray_version"] == ray.__version__ and facts["nodes"] == 2
     assert facts["cluster_resources"]["GPU"] == 2 and facts["actors"] == 2 and facts["blocks"] == 4
+    reader_node, reader_pid = facts["reader"].split(":")
+    assert reader_node == cluster.head_node.node_id and int(reader_pid) != os.getpid()
     assert sum(actor["records"] for actor in facts["per_actor"].values()) == 25  # 24 rows + the unreadable line
     # The driver (this process) loads no model: the actors run the stages, each with its own.
     assert on_ray.manifest()["stages"]["model"]["loaded"] is False
@@ -137,15 +148,18 @@ def test_each_actor_gets_its_own_gpu_and_the_cache_is_off_on_several_nodes(clust
     """Two actors asking one GPU each land on the node with two (fake) GPUs, each seeing only its
     own; the model stays on CPU (no CUDA here). cache=on: a SQLite file on one machine cannot be
     shared by actors on two nodes, so the run goes on without it, warns, and the manifest says
-    why. Outputs are the local executor's."""
-    data = _texts(tmp_path / "reviews.jsonl")
-    overrides = [*TEXT, "input=jsonl", f"input.path={data}"]
+    why. Outputs are the local executor's. Nine blocks, each 0.5 s slower (tests.ray_stages.Pause):
+    the tiny model runs a block faster than the reader hands the next one on, so an actor up
+    first would take every block of a short run (the manifest lists the actors that ran one)."""
+    data = _texts(tmp_path / "reviews.jsonl", count=64)
+    pause = "preprocess=[{_target_: tests.ray_stages.Pause, seconds: 0.5}]"
+    overrides = [*TEXT, "input=jsonl", f"input.path={data}", "allow_any_target=true", pause]
     local = api.run(overrides, run_dir=tmp_path / "local")
     on_ray = api.run([*overrides, *RAY, "executor.num_gpus_per_actor=1", "cache=on", f"cache.path={tmp_path / 'cache.sqlite'}"],
                      run_dir=tmp_path / "ray")
     _same_files(local, on_ray)
     facts = on_ray.manifest()["executor"]
-    assert sorted(actor["cuda_visible_devices"] for actor in facts["per_actor"].values()) == ["0", "1"]
+    assert sorted(actor["cuda_visible_devices"] for actor in facts["per_actor"].values()) == ["0", "1"], facts
     assert len({actor["node"] for actor in facts["per_actor"].values()}) == 1
     assert facts["cache"].startswith("off: the result cache is a SQLite file on one machine")
     assert "cache=on is ignored with executor=ray on a cluster of 2 nodes" in capfd.readouterr().err
@@ -196,8 +210,11 @@ def test_scaling_out_block_runs_as_shown(cluster, tmp_path):
     words = shlex.split(cluster_run)
     on_cluster = api.run([*words[2:], "progress=false"], run_dir=tmp_path / "cluster")
     facts = on_cluster.manifest()["executor"]
-    assert facts["address"] == "auto" and facts["nodes"] == 2
-    assert sorted(a["cuda_visible_devices"] for a in facts["per_actor"].values()) == ["0", "1"]
+    assert facts["address"] == "auto" and facts["nodes"] == 2 and facts["actors"] == 2
+    # Each actor that ran a block had a GPU of its own (whether both ran one is Ray Data's choice:
+    # with blocks this cheap, an actor up first may take them all; the GPU test holds them longer).
+    devices = [a["cuda_visible_devices"] for a in facts["per_actor"].values()]
+    assert devices and len(set(devices)) == len(devices) and set(devices) <= {"0", "1"}, facts
     # The sweep as one job's launcher config: no -m, the first value of each swept key.
     words = [w.split(",")[0] for w in shlex.split(slurm) if w != "-m"]
     done = composer([*words, "progress=false", "--cfg", "hydra"], alone)

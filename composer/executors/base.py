@@ -31,7 +31,6 @@ class ExecutionStats:
     records_in: int = 0
     records_ok: int = 0
     records_failed: int = 0
-    records_skipped: int = 0  # finished by an earlier attempt of a resumed run
     batches: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)

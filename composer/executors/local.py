@@ -115,7 +115,7 @@ def _read_windows(graph: Graph, head: list[Node], stats: ExecutionStats, policy:
     the work that can overlap with the model's forward passes. The model stage that comes right
     after the head (`first`) also tokenizes its inputs here (its `prepare`). `stop` (an Event
     set when the run stops) ends it between stages, so the prefetch thread never outlives the run."""
-    items = unfinished(graph.source.iter_records(), policy.skip_ids, stats)
+    items = unfinished(graph.source.iter_records(), policy.skip_ids)
     stopped = stop.is_set if stop is not None else (lambda: False)
     for batch in batches(items, window):
         if stopped():
@@ -166,15 +166,12 @@ def batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def unfinished(items: Iterator[Record | RecordFailure], skip_ids: Any, stats: ExecutionStats) -> Iterator[Any]:
+def unfinished(items: Iterator[Record | RecordFailure], skip_ids: Any) -> Iterator[Any]:
     """The items no earlier attempt finished: `skip_ids` is a runstore.Written (which matches a
-    source's failures line by line) or a plain set of ids."""
+    source's failures line by line) or a plain set of ids. (The manifest counts the skipped:
+    the lines earlier attempts wrote.)"""
     skips = getattr(skip_ids, "skips", None) or (lambda item: (item.id if isinstance(item, RecordFailure) else item["id"]) in skip_ids)
-    for item in items:
-        if skips(item):
-            stats.records_skipped += 1
-            continue
-        yield item
+    return (item for item in items if not skips(item))
 
 
 _DONE = object()

@@ -2,21 +2,26 @@
 than one process, with the local executor's outputs.
 
     RayExecutor.run      start Ray for the run or join a cluster (executor.address), then _stream
-      _stream            the source read here into blocks -> a Ray dataset -> map_batches on an
-                         actor pool (_Worker) -> each block back in input order (preserve_order)
-                         -> local.write_window (sink, failures, the error policy)
+      _stream            the source as a Ray dataset (ray_read.SourceBlocks: one read task on the
+                         driver's node streams windows) -> map_batches on an actor pool (_Worker)
+                         -> each block back in input order (preserve_order) -> local.write_window
+                         (sink, failures, the error policy)
+      SourceBlocks       composer's own reader in a Ray read task: unfinished records cut into
+                         the local executor's windows, one block each, as they are read
       _Worker            one per actor: plans the config, sets the stages up once (one intra-op
                          thread per CPU it was given), then for each block runs what the local
                          executor runs for a window: local.prepare_window, then unit.run_records
 
-The driver reads the source with composer's own readers, so ids, skipped ids (resume) and the
-lines a source cannot read are exactly the local executor's; a block is the local executor's
-window on this machine (executor.batch_size to change), so the model stage sorts and batches
-the same records together and outputs are the same. Blocks and results cross Ray pickled: a
-record keeps its Python types (no Arrow conversion). The driver reads the whole input, as
-pickled blocks, before the first block runs, and Ray's object store then holds it: the input
-must fit the driver's memory. The source is not read in parallel (a file split between readers
-would need readers that agree on ids and unreadable lines with composer's own).
+The input is read by composer's own reader, so ids, skipped ids (resume) and the lines a source
+cannot read are exactly the local executor's; a block is the local executor's window on this
+machine (executor.batch_size to change), so the model stage sorts and batches the same records
+together and outputs are the same. The reader runs in one Ray task on the driver's node (where
+`composer plan` found the input), not in the driver: it yields block after block as Ray Data
+asks for them (a streaming read, held back when the actors fall behind), so neither the driver
+nor the object store holds the whole input. Blocks and results cross Ray pickled: a record keeps
+its Python types (no Arrow conversion). One reader reads the input in order: ids depend on every
+earlier row (a repeated row's id counts its repeats, a resumed run skips by a running count of
+the failures written), so a file is not split between parallel readers.
 
 Stages that compare a record with every earlier one (near_duplicates) are refused: split
 between actors, each would see only its own blocks. The result cache is a SQLite file: the
@@ -36,7 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from composer.executors.base import Advance, ExecutionPolicy, ExecutionStats, Executor, OnFailures
-from composer.executors.local import Window, batches, prepare_window, split_head, unfinished, window_for, write_window
+from composer.executors.local import Window, prepare_window, split_head, window_for, write_window
 from composer.executors.unit import Outcome, run_records
 from composer.records import Record, RecordFailure
 from composer.schema import ConfigError, ConfigIssue
@@ -48,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ACTOR_START_TIMEOUT_S = 600  # the actor pool must be up (models loaded) within this
+READ_CPUS = 0.1  # what the read task reserves: it parses rows, the actors do the work
 
 
 def refusals(graph: Graph) -> list[ConfigIssue]:
@@ -132,6 +138,9 @@ class RayExecutor(Executor):
     def _stream(self, graph: Graph, stats: ExecutionStats, policy: ExecutionPolicy, on_failures: OnFailures,
                 advance: Advance) -> None:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from composer.executors.ray_read import SourceBlocks
 
         *transforms, sink = graph.nodes[1:]
         width = max((n.stage.workers for n in transforms if isinstance(n.stage, BatchedStage)), default=1)
@@ -148,24 +157,31 @@ class RayExecutor(Executor):
             self._facts["cache"] = "off: the result cache is a SQLite file on one machine, and this cluster has several nodes"
             log.warning("cache=on is ignored with executor=ray on a cluster of %d nodes: the result cache is a "
                         "SQLite file on one machine", len(nodes))
-        items = unfinished(graph.source.iter_records(), policy.skip_ids, stats)
-        blocks = [{"block": pickle.dumps(block, protocol=5)} for block in batches(items, size)]
-        # No more actors than blocks: an actor with nothing to do would only load the models, and
-        # Ray Data may cancel it while the pool waits for every actor to start.
-        actor_count = min(self.settings["actors"], max(len(blocks), 1))
-        self._facts.update(blocks=len(blocks), actors=actor_count)
+        # No more actors than blocks, where the source can count its rows: an actor with nothing
+        # to do would only load the models, and Ray Data may cancel it while the pool waits for
+        # every actor to start.
+        expected = _blocks_expected(graph, policy, size)
+        actor_count = min(self.settings["actors"], max(expected, 1)) if expected is not None else self.settings["actors"]
+        self._facts.update(actors=actor_count, blocks=0)
         actors: dict[str, _ActorFacts] = {}
         self._facts["per_actor"] = actors
-        if not blocks:
-            return
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # set before the dataset exists: it is read when it is built
         context.enable_progress_bars = False  # the run's own bar counts records
+        # Each window its own block, handed on as soon as read: Ray Data would otherwise gather
+        # the reader's rows into blocks of up to 128 MiB, so the actors would wait for that much
+        # input and share it as one task.
+        context.target_max_block_size = 1
         # Every actor loads its models before the first block is handed out, so blocks spread over
         # all of them; a cluster too small for the pool fails with Ray's "Timed out while starting
         # actors" instead of waiting forever.
         context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
-        dataset = ray.data.from_items(blocks, override_num_blocks=len(blocks)).map_batches(
+        # The read task takes a sliver of a CPU: on a small node, whole CPUs taken by the actors
+        # would leave it none and the pipeline would wait forever (ray issue 44687).
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        read = ray.data.read_datasource(SourceBlocks(graph.source, policy.skip_ids, size), override_num_blocks=1,
+                                        ray_remote_args={"num_cpus": READ_CPUS, "scheduling_strategy": here})
+        dataset = read.map_batches(
             _Worker,
             batch_size=1,
             batch_format="numpy",
@@ -179,7 +195,9 @@ class RayExecutor(Executor):
         model_stages = {stage.name: stage for stage in graph.model_stages()}
         started = time.perf_counter()
         for row in dataset.iter_rows():
+            self._facts.setdefault("reader", row["reader"])
             block: _Block = pickle.loads(row["result"])
+            self._facts["blocks"] += 1
             # The pool is up (every actor has loaded the models; Ray Data hands out no block
             # before) about when the first block began: the stream after it is what scales with
             # actors (bench/ray_scaling.py), the start-up before it does not.
@@ -202,6 +220,15 @@ def _count(block: _Block, stats: ExecutionStats, actor: _ActorFacts, model_stage
     actor.blocks += 1
     actor.records += block.window.size
     actor.seconds += block.seconds
+
+
+def _blocks_expected(graph: Graph, policy: ExecutionPolicy, size: int) -> int | None:
+    """How many blocks the run will read at most, where the source can count its rows cheaply
+    (None where it cannot): its rows less the lines earlier attempts wrote, a window each."""
+    total = graph.source.total()
+    if total is None:
+        return None
+    return -(-max(total - len(policy.skip_ids), 0) // size)
 
 
 class _Worker:
@@ -240,7 +267,7 @@ class _Worker:
         import numpy as np
 
         results = [pickle.dumps(self._run(pickle.loads(payload)), protocol=5) for payload in batch["block"]]
-        return {"result": np.array(results, dtype=object)}
+        return {"result": np.array(results, dtype=object), "reader": batch["reader"]}
 
     def _run(self, items: list[Record | RecordFailure]) -> _Block:
         """One block, as LocalExecutor runs a window: head transforms and tokenizing ahead
