@@ -10,7 +10,9 @@ and 2 actors of 0.75 CPU (so one actor per node). Ray's numbers are taken from t
 stream (from the actor pool being up to the last block back: Ray Data's start and the actors'
 model loading left out, and reported apart) and the whole run's wall time. The per-block overhead is the slope between one actor's
 stream time with blocks of 8 and of 64 records (the same records, so the same model work).
-Prints a Markdown table for bench/RESULTS.md.
+Last, the rate of the one reader executor=ray runs (ray_read.SourceBlocks: composer's reader,
+windows of --block, each pickled), in this process over the same file read 20 times: above the
+actors' rate, one reader is not what limits a run. Prints Markdown for bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -48,6 +50,26 @@ def _run(work: Path, name: str, overrides: list[str]) -> dict:
     manifest, metrics = result.manifest(), result.metrics()
     return {"wall": wall, "seconds": metrics["throughput"]["seconds"], "records": metrics["throughput"]["records"],
             "executor": manifest["executor"]}
+
+
+def _reader_rate(overrides: list[str], block: int, passes: int = 20) -> float:
+    """Records/s of composer's reader as the Ray read task runs it, the median of 3 timings."""
+    import pickle
+    import statistics
+
+    from composer.executors.local import batches, unfinished
+    from composer.plan import plan
+
+    source = plan(api.compose(overrides)).source
+    rates = []
+    for _ in range(3):
+        started, count = time.perf_counter(), 0
+        for _ in range(passes):
+            for window in batches(unfinished(source.iter_records(), set()), block):
+                pickle.dumps(window, protocol=5)
+                count += len(window)
+        rates.append(count / (time.perf_counter() - started))
+    return statistics.median(rates)
 
 
 def main() -> None:
@@ -92,6 +114,7 @@ def main() -> None:
         print(f"| {name} | {wall:.1f} | {rate:.0f} | {'' if first is None else f'{first:.1f}'} |")
     print(f"\nper-block overhead (1 actor, blocks of 8 vs 64): {overhead * 1000:.1f} ms per block "
           f"({small:.2f} s for {small_blocks} blocks, {large:.2f} s for {large_blocks})")
+    print(f"one reader (composer's, windows of {args.block} pickled, in process): {_reader_rate(base, args.block):.0f} records/s")
 
 
 if __name__ == "__main__":
