@@ -244,6 +244,49 @@ def test_a_sweep_under_the_ray_launcher_on_the_cluster(cluster, tmp_path):
     assert (tmp_path / "sweep" / "summary.csv").read_text().count("\n") == 5 and (tmp_path / "sweep" / "report.html").exists()
 
 
+def test_ctrl_c_on_ray_stops_after_the_block_in_flight_and_resumes(tmp_path):
+    """Ctrl-C (SIGINT to `composer run` with a Ray of its own) while the actor holds its third
+    block: the driver writes that block when it comes back, stops the dataset (its reader and
+    actors) and exits 130 with the run `interrupted` and an input-order prefix written; running
+    the command again (here, locally: executor is output-neutral) finishes the files of an
+    uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+
+    release = tmp_path / "release"
+    data = _texts(tmp_path / "reviews.jsonl", count=40)
+    hold = f"preprocess=[{{_target_: tests.ray_stages.HoldFrom, start: 16, release: '{release}'}}]"
+    overrides = [*TEXT, "input=jsonl", f"input.path={data}", "allow_any_target=true", hold]
+    release.write_text("")
+    whole = api.run(overrides, run_dir=tmp_path / "whole")
+    release.unlink()
+    run_dir = tmp_path / "ray"
+    alone = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # a user's shell: a Ray of its own
+    process = subprocess.Popen([sys.executable, "-m", "composer", "run", *overrides, "executor=ray", "executor.actors=1",
+                                "executor.num_cpus_per_actor=0.5", f"hydra.run.dir={run_dir}"],
+                               cwd=tmp_path, env=alone, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(tmp_path.glob("release.waiting.*")):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        time.sleep(1)  # the driver has heard the stop before the held block comes back
+        release.write_text("")
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr[-3000:]
+    assert "stopping after the batches in flight" in stderr and "Traceback" not in stderr
+    stopped = api.RunResult.load(run_dir)
+    assert stopped.status == "interrupted"
+    written = (run_dir / "outputs.jsonl").read_bytes()
+    assert written and len(written.splitlines()) < 38 and (whole.run_dir / "outputs.jsonl").read_bytes().startswith(written)
+    _same_files(whole, api.run(overrides, run_dir=run_dir))
+
+
 def test_a_worker_node_lost_mid_run_loses_and_duplicates_nothing(cluster, tmp_path):
     """Two actors (0.75 CPU each: one per 1-CPU node) hold their blocks past the first 16
     records; the worker node of one of them is killed while it holds its block, a fresh node
