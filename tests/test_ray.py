@@ -115,6 +115,18 @@ def test_runs_stopped_on_ray_resume_to_the_uninterrupted_files(cluster, tmp_path
     _same_files(whole, api.run([*overrides, *RAY], run_dir=tmp_path / "capped"))
 
 
+def test_a_streamed_datasets_source_is_read_on_ray_as_locally(cluster, tmp_path):
+    """input=dataset (datasets.load_dataset, streamed): the source the driver set up (an
+    IterableDataset) is pickled into the Ray read task and read there, to the local files."""
+    data = write_jsonl(tmp_path / "reviews.jsonl", [{"id": f"{i:03d}", "text": f"review {i}: " + "great " * (i % 4)}
+                                                    for i in range(12)])  # datasets' json builder refuses a file with bad lines
+    overrides = [*TEXT, "input=dataset", "input.path=json", f"+input.data_files={data}"]
+    local = api.run(overrides, run_dir=tmp_path / "local")
+    on_ray = api.run([*overrides, *RAY], run_dir=tmp_path / "ray")
+    assert local.status == on_ray.status == "complete" and len(on_ray.outputs()) == 12
+    _same_files(local, on_ray)
+
+
 def test_image_outputs_equal_the_local_executors(cluster, tmp_path):
     folder = tmp_path / "photos"
     for i in range(6):
