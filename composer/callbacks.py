@@ -50,6 +50,15 @@ def _on_stop_signal(signum: int, frame: Any) -> None:
     marker.start()
 
 
+def sweep_stopped(sweep_dir: Path) -> bool:
+    """Whether the multirun in `sweep_dir` was stopped: Ctrl-C in this process, or its record
+    says so (a job that Ctrl-C interrupted, in whichever process it ran). Sweepers and launchers
+    that run jobs elsewhere ask this to start no more."""
+    from composer.sweep import stop_requested
+
+    return bool(active_sweep.get("stop")) or stop_requested(sweep_dir)
+
+
 class SweepReport(Callback):
     """Writes summary.csv, report.md, report.html and plots/ into the sweep folder."""
 
