@@ -38,6 +38,8 @@ POLL_SECONDS = 0.5
 
 @dataclass
 class _Job:
+    """One job as the submitting process knows it: enough to report it when Ray brings back nothing."""
+
     number: int
     overrides: list[str]
     config: DictConfig  # its sweep config (the job's config with Hydra's)
@@ -52,11 +54,11 @@ def launch(launcher: ComposerRayLauncher, job_overrides: Sequence[Sequence[str]]
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     remote = launcher.settings("remote")
+    try:  # checked before Ray starts
+        task = ray.remote(run_job_in_task).options(**remote)
+    except (TypeError, ValueError) as error:  # an option Ray's tasks do not take, or a wrong value
+        raise RayLaunchError(f"hydra.launcher.ray.remote={remote}: {error}") from None
     with ray_session(launcher.settings("init")) as where:
-        try:
-            task = ray.remote(run_job_in_task).options(**remote)
-        except (TypeError, ValueError) as error:  # an option Ray's tasks do not take, or a wrong value
-            raise RayLaunchError(f"hydra.launcher.ray.remote={remote}: {error}") from None
         options = ", ".join(f"{key}={value}" for key, value in remote.items()) or "Ray's defaults"
         log.info(f"Ray launcher: {len(job_overrides)} jobs as Ray tasks ({options}) on {where}, "
                  f"sweep output dir: {sweep_dir}")

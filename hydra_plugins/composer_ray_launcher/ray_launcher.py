@@ -34,10 +34,10 @@ class ComposerRayLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        try:
-            import ray  # noqa: F401 - only whether it is there
-        except ModuleNotFoundError:
-            raise RayLaunchError('hydra/launcher=ray needs Ray: pip install "pipeline-composer[ray]"') from None
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise RayLaunchError('hydra/launcher=ray needs Ray: pip install "pipeline-composer[ray]"')
         from hydra_plugins.composer_ray_launcher._core import launch
 
         return launch(self, job_overrides, initial_job_idx)
