@@ -50,6 +50,15 @@ def _on_stop_signal(signum: int, frame: Any) -> None:
     marker.start()
 
 
+def sweep_stopped(sweep_dir: Path) -> bool:
+    """Whether the multirun in `sweep_dir` was stopped: Ctrl-C in this process, or its record
+    says so (a job that Ctrl-C interrupted, in whichever process it ran). Sweepers and launchers
+    that run jobs elsewhere ask this to start no more."""
+    from composer.sweep import stop_requested
+
+    return bool(active_sweep.get("stop")) or stop_requested(sweep_dir)
+
+
 class SweepReport(Callback):
     """Writes summary.csv, report.md, report.html and plots/ into the sweep folder."""
 
@@ -140,9 +149,9 @@ def _hydra_config(overrides: list[str], extra_dir: Path | None) -> Any:
 
 def sweep_settings(overrides: list[str], extra_dir: Path | None = None) -> dict[str, Any] | None:
     """Where a multirun of `overrides` writes (hydra.sweep.dir), which sweeper runs it, its
-    settings (sweep.sweeper_settings: the params set in config files, ...), and that sweeper's
-    storage and sampler seed (Optuna's); None when that cannot be worked out here (the config
-    check or Hydra reports why)."""
+    settings (sweep.sweeper_settings: the params set in config files, ...), that sweeper's
+    storage and sampler seed (Optuna's), and which launcher runs its jobs; None when that cannot
+    be worked out here (the config check or Hydra reports why)."""
     from omegaconf import OmegaConf
 
     from composer.sweep import sweeper_settings
@@ -153,7 +162,8 @@ def sweep_settings(overrides: list[str], extra_dir: Path | None = None) -> dict[
                 "sweeper": str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")),
                 "settings": sweeper_settings(OmegaConf.select(cfg, "hydra.sweeper")),
                 "storage": OmegaConf.select(cfg, "hydra.sweeper.storage", default=None),
-                "seed": OmegaConf.select(cfg, "hydra.sweeper.sampler.seed", default=None)}
+                "seed": OmegaConf.select(cfg, "hydra.sweeper.sampler.seed", default=None),
+                "launcher": str(OmegaConf.select(cfg, "hydra.launcher._target_", default=""))}
     except Exception:  # noqa: BLE001 - an interpolation that resolves only at run time
         return None
 

@@ -27,6 +27,8 @@ def refusal(task_overrides: list[str], settings: dict[str, Any], source: dict[st
     optuna = bool(settings) and settings.get("sweeper") == sweep.OPTUNA_SWEEPER
     if optuna and importlib.util.find_spec("optuna") is None:
         return 'hydra/sweeper=optuna needs Optuna, which is not installed here: pip install "pipeline-composer[optuna]"'
+    if settings and settings.get("launcher") == sweep.RAY_LAUNCHER and importlib.util.find_spec("ray") is None:
+        return 'hydra/launcher=ray needs Ray, which is not installed here: pip install "pipeline-composer[ray]"'
     if not settings or not (Path(settings["dir"]) / SWEEP_STATE).is_file():
         return _new_storage_refusal(settings) if optuna else None
     folder = Path(settings["dir"])

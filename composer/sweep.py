@@ -114,6 +114,8 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 OPTUNA_SWEEPER = "hydra_plugins.composer_optuna_sweeper.optuna_sweeper.ComposerOptunaSweeper"
 # Hydra's own Optuna sweeper (hydra-optuna-sweeper), which composer used before: its sweeps are not resumed.
 HYDRA_OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+# hydra/launcher=ray and ray_cluster, composer's own (hydra_plugins/composer_ray_launcher): each job a Ray task.
+RAY_LAUNCHER = "hydra_plugins.composer_ray_launcher.ray_launcher.ComposerRayLauncher"
 # Hydra settings that say where a sweep is and how to resume it, not what it is: never recorded.
 RESUME_SETTINGS = ("hydra.sweep.dir", "hydra.mode", "hydra.callbacks.report.retry_failed")
 # Job folder states a resume leaves alone unless asked (--retry-failed).

@@ -7,7 +7,6 @@ duplicate nothing; each actor must get its own CUDA_VISIBLE_DEVICES."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 import time
@@ -235,25 +234,78 @@ def test_scaling_out_block_runs_as_shown(cluster, tmp_path):
     assert "partition: gpu" in done.stdout
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
-                    reason="hydra-ray-launcher is not installed: it requires cloudpickle<3 and constraints.txt holds 3.1.3")
-def test_a_sweep_under_the_ray_launcher_on_the_cluster(cluster, tmp_path):
-    """hydra/launcher=ray_cluster: a 4-job sweep as Ray tasks on the simulated cluster, the
-    sweep report written as with the other launchers. hydra-ray-launcher requires cloudpickle<3
-    and the lock holds 3.1.3, so it is in no extra and this test runs only where it is installed
-    (README "Scaling out": it passed in an environment with cloudpickle 2.2.1 beside the lock)."""
+def _sweep_on_cluster(cluster, cwd: Path, *args: str):
+    """`composer *args` as a user's shell on a node of the cluster runs it: RAY_ADDRESS names the
+    cluster, none of this process's own RAY_* settings. Returns the process and, per job that ran
+    as a Ray task, {task, node, pid} from the launcher's log."""
+    import re
     import subprocess
     import sys
 
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "RAY_ADDRESS": cluster.address}
-    done = subprocess.run([sys.executable, "-m", "composer", "run", "-m", "hydra/launcher=ray_cluster", "experiment=tiny-sentiment",
-                           "batch_size=1,2,4,8", "progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "composer", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+    ran = {int(m[1]): {"task": m[2], "node": m[3], "pid": int(m[4])}
+           for m in re.finditer(r"#(\d+) ran as Ray task (\w+) on node (\w+) \([^,]+, pid (\d+)\)", done.stderr)}
+    return done, ran
+
+
+def test_a_sweep_under_the_ray_launcher_on_the_cluster(cluster, tmp_path):
+    """hydra/launcher=ray_cluster (composer's own Ray launcher, README "Scaling out"): a 4-job
+    sweep as Ray tasks on the simulated cluster, submitted by a `composer run -m` process that
+    joins it through RAY_ADDRESS; one CPU a job, so its two 1-CPU nodes run two jobs at once.
+    The sweep report and sweep.json are written as with the other launchers."""
+    import json
+
+    import yaml
+
+    from composer.sweep import RAY_LAUNCHER
+
+    sweep = tmp_path / "sweep"
+    done, ran = _sweep_on_cluster(cluster, tmp_path, "run", "-m", "hydra/launcher=ray_cluster", "experiment=tiny-sentiment",
+                                  "batch_size=1,2,4,8", "progress=false", f"hydra.sweep.dir={sweep}")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Ray Launcher is launching 4 jobs" in done.stderr
+    assert f"Ray launcher: 4 jobs as Ray tasks (num_cpus=1) on {cluster.address} (2 nodes: 2 CPU, 2 GPU)" in done.stderr
     for job in range(4):
-        assert api.RunResult.load(tmp_path / "sweep" / str(job)).status == "complete"
-    assert (tmp_path / "sweep" / "summary.csv").read_text().count("\n") == 5 and (tmp_path / "sweep" / "report.html").exists()
+        assert api.RunResult.load(sweep / str(job)).status == "complete"
+    assert (sweep / "summary.csv").read_text().count("\n") == 5 and (sweep / "report.html").exists()
+    assert "sweep report: 4 runs (0 not complete)" in done.stderr
+    state = json.loads((sweep / "sweep.json").read_text())
+    assert state["launcher"] == RAY_LAUNCHER and state["status"] == "finished"
+    assert [job["status"] for job in state["jobs"]] == ["complete"] * 4
+    # Each job a Ray task (its id is the job's hydra.job.id) in a Ray worker, not the submitting process, on both nodes.
+    assert sorted(ran) == [0, 1, 2, 3], done.stderr[-3000:]
+    for job, where in ran.items():
+        assert yaml.safe_load((sweep / str(job) / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["id"] == where["task"]
+    assert state["attempts"][-1]["pid"] not in {where["pid"] for where in ran.values()}
+    nodes = {cluster.head_node.node_id, *(node.node_id for node in cluster.worker_nodes)}
+    assert {where["node"] for where in ran.values()} == nodes
+
+
+def test_a_ray_launched_sweep_resumes_its_failed_job_as_a_ray_task(cluster, tmp_path):
+    """A job that failed under the Ray launcher (on_error=fail meets an unreadable line: aborted)
+    is reported as with the other launchers (its folder says so, the other job completes, the
+    sweep's exit code is the failure's), and `composer resume SWEEP --retry-failed` launches it
+    again with the same launcher: the finished job is kept, the failed one runs as a Ray task
+    and continues its run (a second attempt)."""
+    import json
+
+    sweep = tmp_path / "sweep"
+    data = _texts(tmp_path / "reviews.jsonl", count=8)
+    done, ran = _sweep_on_cluster(cluster, tmp_path, "run", "-m", "hydra/launcher=ray_cluster", *TEXT, "input=jsonl",
+                                  f"input.path={data}", "on_error=skip,fail", f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 3, done.stderr[-3000:]  # 3: aborted (on_error=fail)
+    assert sorted(ran) == [0, 1] and "sweep report: 2 runs (2 not complete)" in done.stderr
+    assert [api.RunResult.load(sweep / job).status for job in ("0", "1")] == ["completed_with_errors", "aborted"]
+    resumed, ran = _sweep_on_cluster(cluster, tmp_path, "resume", str(sweep), "--retry-failed")
+    assert resumed.returncode == 3, resumed.stderr[-3000:]
+    assert "(2 jobs: 1 aborted, 1 completed_with_errors)" in resumed.stderr
+    assert "Ray launcher: 2 jobs as Ray tasks" in resumed.stderr and sorted(ran) == [0, 1]
+    assert "job 0 finished before (completed_with_errors), kept" in resumed.stdout + resumed.stderr
+    attempts = [len(json.loads((sweep / job / "manifest.json").read_text())["attempts"]) for job in ("0", "1")]
+    assert attempts == [1, 2]
+    state = json.loads((sweep / "sweep.json").read_text())
+    assert state["status"] == "finished" and len(state["attempts"]) == 2
 
 
 def test_ctrl_c_on_ray_stops_after_the_block_in_flight_and_resumes(tmp_path):

@@ -107,16 +107,6 @@ def _values(job: JobReturn, count: int) -> tuple[list[float] | None, str | None]
     return values, None
 
 
-def _stop_requested(sweep_dir: Path) -> bool:
-    """Whether Ctrl-C stopped the sweep (composer marks it in its process and in sweep.json)."""
-    try:
-        from composer.callbacks import active_sweep
-        from composer.sweep import stop_requested
-    except ImportError:
-        return False
-    return bool(active_sweep.get("stop")) or stop_requested(sweep_dir)
-
-
 class StudySweep:
     """One sweep of composer's Optuna sweeper (composer_optuna_sweeper.optuna_sweeper)."""
 
@@ -262,7 +252,9 @@ class StudySweep:
         if fresh:
             self.save_sampler(first_job + len(trials) - 1)
         returns = self.launcher.launch(overrides, initial_job_idx=first_job)
-        stopped = _stop_requested(self.folder)
+        from composer.callbacks import sweep_stopped  # Ctrl-C: composer marks it in its process and in sweep.json
+
+        stopped = sweep_stopped(self.folder)
         failed = 0
         for trial, job in zip(trials, returns):
             values, why = _values(job, len(self.directions))
