@@ -291,9 +291,11 @@ def plan_command(argv: Sequence[str]) -> int:
     for node in nodes:
         node["inputs"] = ", ".join(node["inputs"]) or "-"
     width = {key: max(len(node[key]) for node in nodes) for key in ("name", "kind", "type", "inputs")}
-    for node in nodes:
+    for node, planned in zip(nodes, graph.nodes):
+        note = planned.stage.plan_note()
         print(f"{node['name']:<{width['name']}}  {node['kind']:<{width['kind']}}  {node['type']:<{width['type']}}  "
-              f"<- {node['inputs']:<{width['inputs']}}  reads [{', '.join(node['reads'])}] writes [{', '.join(node['writes'])}]")
+              f"<- {node['inputs']:<{width['inputs']}}  reads [{', '.join(node['reads'])}] writes [{', '.join(node['writes'])}]"
+              + (f"  ({note})" if note else ""))
     print("# checked" + (" (--deep)" if args.deep else " (--deep also checks quantization and pins the model's content)"))
     print("config keys and values against the schema; stage fields, inputs and edges")
     for stage in graph.model_stages():

@@ -38,6 +38,9 @@ def test_plan_graph_columns_stay_aligned_with_long_stage_names(tmp_path):
     rows = [row for row in done.stdout.split("# stage graph")[1].split("# checked")[0].splitlines() if row]
     assert len(rows) == 6 and len({row.index(" <- ") for row in rows}) == 1
     assert len({row.index("reads [") for row in rows}) == 1
+    # The plan moved mean_pool's pooling into the model stage (plan._pool_in_model): both lines say so.
+    assert rows[1].endswith("(pools each record's token states here: mean, normalized, one vector per record)")
+    assert rows[2].endswith("(pooled by model: passes its vectors on)") and rows[3].endswith("writes [prediction]")
 
 
 def test_plan_imports_neither_torch_nor_transformers_nor_ray(tmp_path):

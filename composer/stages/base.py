@@ -99,6 +99,11 @@ class Stage:
         """Facts for the manifest beyond the parameters (e.g. the resolved model revision)."""
         return {}
 
+    def plan_note(self) -> str | None:
+        """What `composer plan` adds to this stage's line when the plan changed what it does
+        (pooling moved into the model stage), so the graph printed is the graph that runs."""
+        return None
+
     def close(self) -> None:
         """Release resources; called once at the end of the run, even after a failure."""
 

@@ -98,6 +98,9 @@ class MeanPool(Stage):
     def describe(self) -> dict[str, Any]:
         return {"pooled_by": self.pooled_by}  # null: pooled here, from token states
 
+    def plan_note(self) -> str | None:
+        return f"pooled by {self.pooled_by}: passes its vectors on" if self.pooled_by else None
+
     def fields_after(self, available: set[str]) -> set[str]:
         # The token states are large (tokens x hidden floats); they leave the record once pooled.
         dropped = set() if self.keep_input or self.field == self.output_field else {self.field}

@@ -354,6 +354,12 @@ class PipelineStage(Stage):
         """The audio rate the model's feature extractor expects (audio stages resample to it)."""
         return self.loader.sampling_rate(self.pipe)
 
+    def plan_note(self) -> str | None:
+        if self.pooling is None:
+            return None
+        normalized = ", normalized" if self.pooling.get("normalize") else ""
+        return f"pools each record's token states here: {self.pooling['mode']}{normalized}, one vector per record"
+
     def describe(self) -> dict[str, Any]:
         facts: dict[str, Any] = {"task": self.task, **self.loader.facts(), "batching": self.planner.facts(self.workers)}
         if self.task == "feature-extraction":
