@@ -55,6 +55,20 @@ def _texts(path: Path, count: int = 24) -> Path:
     return path
 
 
+def _held_from_16(tmp_path: Path) -> tuple[Path, list[str], api.RunResult]:
+    """40 reviews and a stage that holds each batch from record 16 until `release` exists
+    (tests.ray_stages.HoldFrom): the release file, the overrides, and the run of them with
+    nothing held (the local executor's files, to compare with)."""
+    release = tmp_path / "release"
+    data = _texts(tmp_path / "reviews.jsonl", count=40)
+    hold = f"preprocess=[{{_target_: tests.ray_stages.HoldFrom, start: 16, release: '{release}'}}]"
+    overrides = [*TEXT, "input=jsonl", f"input.path={data}", "allow_any_target=true", hold]
+    release.write_text("")
+    uninterrupted = api.run(overrides, run_dir=tmp_path / "local")
+    release.unlink()
+    return release, overrides, uninterrupted
+
+
 def _same_files(local: api.RunResult, on_ray: api.RunResult) -> None:
     for name in ("outputs.jsonl", "errors.jsonl"):
         assert (on_ray.run_dir / name).read_bytes() == (local.run_dir / name).read_bytes(), name
@@ -318,13 +332,7 @@ def test_ctrl_c_on_ray_stops_after_the_block_in_flight_and_resumes(tmp_path):
     import subprocess
     import sys
 
-    release = tmp_path / "release"
-    data = _texts(tmp_path / "reviews.jsonl", count=40)
-    hold = f"preprocess=[{{_target_: tests.ray_stages.HoldFrom, start: 16, release: '{release}'}}]"
-    overrides = [*TEXT, "input=jsonl", f"input.path={data}", "allow_any_target=true", hold]
-    release.write_text("")
-    whole = api.run(overrides, run_dir=tmp_path / "whole")
-    release.unlink()
+    release, overrides, whole = _held_from_16(tmp_path)
     run_dir = tmp_path / "ray"
     alone = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # a user's shell: a Ray of its own
     process = subprocess.Popen([sys.executable, "-m", "composer", "run", *overrides, "executor=ray", "executor.actors=1",
@@ -357,13 +365,7 @@ def test_a_worker_node_lost_mid_run_loses_and_duplicates_nothing(cluster, tmp_pa
     joins (as an autoscaler would add one), and the run goes on: Ray restarts the lost actor and
     retries its block. outputs.jsonl and errors.jsonl equal the local executor's. Runs last: it
     takes a node of the session's cluster away."""
-    release = tmp_path / "release"
-    data = _texts(tmp_path / "reviews.jsonl", count=40)
-    hold = f"preprocess=[{{_target_: tests.ray_stages.HoldFrom, start: 16, release: '{release}'}}]"
-    overrides = [*TEXT, "input=jsonl", f"input.path={data}", "allow_any_target=true", hold]
-    release.write_text("")
-    local = api.run(overrides, run_dir=tmp_path / "local")
-    release.unlink()
+    release, overrides, local = _held_from_16(tmp_path)
     done: dict[str, api.RunResult] = {}
     runner = threading.Thread(target=lambda: done.update(run=api.run(
         [*overrides, "executor=ray", "executor.actors=2", "executor.num_cpus_per_actor=0.75"], run_dir=tmp_path / "ray")))
