@@ -113,7 +113,8 @@ class RayExecutor(Executor):
 
     def facts(self) -> dict[str, Any]:
         per_actor = {actor: dataclasses.asdict(facts) for actor, facts in self._facts.get("per_actor", {}).items()}
-        return {"type": "ray", **self._facts, "per_actor": per_actor}
+        return {"type": "ray", **self._facts, "blocks": sum(actor["blocks"] for actor in per_actor.values()),
+                "per_actor": per_actor}
 
     def run(self, graph: Graph, stats: ExecutionStats, policy: ExecutionPolicy, on_failures: OnFailures,
             advance: Advance = lambda n: None) -> None:
@@ -162,7 +163,7 @@ class RayExecutor(Executor):
         # every actor to start.
         expected = _blocks_expected(graph, policy, size)
         actor_count = min(self.settings["actors"], max(expected, 1)) if expected is not None else self.settings["actors"]
-        self._facts.update(actors=actor_count, blocks=0)
+        self._facts["actors"] = actor_count
         actors: dict[str, _ActorFacts] = {}
         self._facts["per_actor"] = actors
         context = ray.data.DataContext.get_current()
@@ -172,9 +173,8 @@ class RayExecutor(Executor):
         # the reader's rows into blocks of up to 128 MiB, so the actors would wait for that much
         # input and share it as one task.
         context.target_max_block_size = 1
-        # Every actor loads its models before the first block is handed out, so blocks spread over
-        # all of them; a cluster too small for the pool fails with Ray's "Timed out while starting
-        # actors" instead of waiting forever.
+        # A cluster too small for the pool fails with Ray's "Timed out while starting actors"
+        # instead of waiting forever.
         context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
         # The read task takes a sliver of a CPU: on a small node, whole CPUs taken by the actors
         # would leave it none and the pipeline would wait forever (ray issue 44687).
@@ -197,10 +197,9 @@ class RayExecutor(Executor):
         for row in dataset.iter_rows():
             self._facts.setdefault("reader", row["reader"])
             block: _Block = pickle.loads(row["result"])
-            self._facts["blocks"] += 1
-            # The pool is up (every actor has loaded the models; Ray Data hands out no block
-            # before) about when the first block began: the stream after it is what scales with
-            # actors (bench/ray_scaling.py), the start-up before it does not.
+            # The pool is up (an actor has loaded its models; Ray Data hands out no block before)
+            # about when the first block began: the stream after it is what scales with actors
+            # (bench/ray_scaling.py), the start-up before it does not.
             self._facts.setdefault("pool_ready_seconds", time.perf_counter() - started - block.seconds)
             _count(block, stats, actors.setdefault(block.actor, block.actor_facts), model_stages)
             write_window(block.window, block.outcome, sink, stats, policy, on_failures, advance)
