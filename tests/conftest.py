@@ -60,6 +60,13 @@ def run_cli(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedP
     return done
 
 
+def shell_env(**settings: str) -> dict[str, str]:
+    """This process's environment as a user's shell has it, plus `settings`: none of the RAY_*
+    variables a Ray driver in this process (the Ray tests' cluster) put there, so a `composer`
+    subprocess starts or joins the Ray it is told to, not this one."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **settings}
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path

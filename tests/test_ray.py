@@ -19,7 +19,7 @@ from PIL import Image
 
 from composer import api
 from composer.schema import ConfigError
-from tests.conftest import REPO, write_jsonl
+from tests.conftest import REPO, shell_env, write_jsonl
 
 ray = pytest.importorskip("ray", reason="executor=ray needs Ray: pip install \"pipeline-composer[ray]\"")
 
@@ -225,7 +225,7 @@ def test_scaling_out_block_runs_as_shown(cluster, tmp_path):
                               capture_output=True, text=True, timeout=600, env=env)
 
     # A user's shell: none of the RAY_* settings this process's own Ray driver put in its environment.
-    alone = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    alone = shell_env()
     done = composer([*shlex.split(local_ray), "progress=false"], alone)  # a Ray of its own, though the simulated cluster runs here
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
     facts = api.RunResult.load(Path(done.stdout.split("run complete: ", 1)[1].splitlines()[0])).manifest()["executor"]
@@ -256,7 +256,7 @@ def _sweep_on_cluster(cluster, cwd: Path, *args: str):
     import subprocess
     import sys
 
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "RAY_ADDRESS": cluster.address}
+    env = shell_env(RAY_ADDRESS=cluster.address)
     done = subprocess.run([sys.executable, "-m", "composer", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)
     ran = {int(m[1]): {"task": m[2], "node": m[3], "pid": int(m[4])}
@@ -334,7 +334,7 @@ def test_ctrl_c_on_ray_stops_after_the_block_in_flight_and_resumes(tmp_path):
 
     release, overrides, whole = _held_from_16(tmp_path)
     run_dir = tmp_path / "ray"
-    alone = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # a user's shell: a Ray of its own
+    alone = shell_env()  # a Ray of its own
     process = subprocess.Popen([sys.executable, "-m", "composer", "run", *overrides, "executor=ray", "executor.actors=1",
                                 "executor.num_cpus_per_actor=0.5", f"hydra.run.dir={run_dir}"],
                                cwd=tmp_path, env=alone, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

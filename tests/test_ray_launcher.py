@@ -19,7 +19,7 @@ import pytest
 
 from composer import multirun
 from composer.sweep import RAY_LAUNCHER
-from conftest import write_jsonl
+from conftest import shell_env, write_jsonl
 
 pytest.importorskip("ray", reason='hydra/launcher=ray needs Ray: pip install "pipeline-composer[ray]"')
 
@@ -41,7 +41,7 @@ def test_ctrl_c_stops_a_local_ray_sweep_and_resume_finishes_it(tiny_model_cache,
     exit 130 with the resume command; `composer resume` completes the three on Ray."""
     data = write_jsonl(tmp_path / "input.jsonl", [{"n": i, "text": f"alpha beta gamma {i}"} for i in range(200)])
     sweep = tmp_path / "sweep"
-    alone = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # a user's shell: no cluster named
+    alone = shell_env()  # no cluster named
     command = [sys.executable, "-m", "composer", "run", "-m", "hydra/launcher=ray", *CONFIG, f"input.path={data}",
                f"hydra.sweep.dir={sweep}"]
     process = subprocess.Popen(command, cwd=tmp_path, env=alone, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
